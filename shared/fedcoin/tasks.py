@@ -1,0 +1,104 @@
+"""Shapley tasks: what the FL server publishes to the miners once per round.
+
+A task is the input of Algorithm 1: the clients whose updates W are valued
+(player ``i`` is ``clients[i]``), the aggregation A and the loss F (named by
+``aggregation`` and ``metric``, with the value of the empty coalition
+``empty_value``), the prices SapPrice and TrainPrice, and the content hash of
+the updates and validation data together with where they are held
+(``content_uri``). The task is signed by the FL server; by signing it the
+server commits to pay TrainPrice + SapPrice to the winner of the block that
+settles it (the ``payout`` transaction). Task hash = SHA-256 of
+``tagged("fedcoin/task/v1", fields without signature)``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .encoding import is_hex, sha256_hex, tagged
+from .errors import InvalidInput
+from .identity import Identity, check_account, verify_signature
+from .transactions import MAX_AMOUNT
+
+TASK_DOMAIN = "fedcoin/task/v1"
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_CLIENTS = 4096
+
+
+class ShapleyTask(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    task_id: str
+    server: str
+    round: int = Field(ge=0)
+    clients: list[str] = Field(min_length=1, max_length=MAX_CLIENTS)
+    train_price: int = Field(ge=0, le=MAX_AMOUNT)
+    sap_price: int = Field(ge=0, le=MAX_AMOUNT)
+    published_at: int = Field(ge=0, description="milliseconds since the Unix epoch")
+    aggregation: str = Field(default="fedavg", max_length=64)
+    metric: str = Field(default="neg_loss", max_length=64)
+    empty_value: float = 0.0
+    content_hash: str
+    content_uri: str = Field(default="", max_length=512)
+    signature: str = ""
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, v: str) -> str:
+        if not TASK_ID_RE.match(v):
+            raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        return v
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        return check_account(v, "server")
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, v: list[str]) -> list[str]:
+        for c in v:
+            check_account(c, "client")
+        if len(set(v)) != len(v):
+            raise ValueError("client accounts must be distinct")
+        return v
+
+    @field_validator("content_hash")
+    @classmethod
+    def _content_hash(cls, v: str) -> str:
+        if not is_hex(v, 64):
+            raise ValueError("content_hash must be a SHA-256 hex digest")
+        return v
+
+    @property
+    def n_players(self) -> int:
+        return len(self.clients)
+
+    def signing_payload(self) -> bytes:
+        return tagged(TASK_DOMAIN, self.model_dump(exclude={"signature"}))
+
+    @property
+    def task_hash(self) -> str:
+        return sha256_hex(self.signing_payload())
+
+    def verify_signature(self) -> None:
+        verify_signature(self.server, self.signing_payload(), self.signature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ShapleyTask":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(f"malformed Shapley task: {exc}") from exc
+
+
+def make_task(server: Identity, **fields: Any) -> ShapleyTask:
+    """Build a task published by ``server`` (its account is filled in) and sign it."""
+    unsigned = ShapleyTask.from_dict({**fields, "server": server.account, "signature": ""})
+    return unsigned.model_copy(update={"signature": server.sign(unsigned.signing_payload())})
