@@ -9,7 +9,7 @@ s_avg          Averaged S̄: the iteration-weighted network average (Alg. 1, l. 
 prev_hash      Previous Hash: SHA-256 of the parent's header
 s_winner       Winner's S: the winner's own running estimate
 difficulty     Difficulty D in force at this height (see :mod:`fedcoin.difficulty`)
-merkle_root    Merkle root of the body's transactions (:mod:`fedcoin.merkle`)
+merkle_root    Merkle root of the body's transactions' wtxids (signature included)
 timestamp      milliseconds since the Unix epoch, set by the winner
 task_id        the Shapley task this block settles
 task_hash      SHA-256 of that task's signed content
@@ -46,6 +46,11 @@ HEADER_DOMAIN = "fedcoin/header/v1"
 PARAMS_DOMAIN = "fedcoin/params/v1"
 GENESIS_TASK_ID = "genesis"
 MAX_TRANSACTIONS = 10_000
+
+
+def body_merkle_root(transactions: list[Transaction]) -> str:
+    """The Merkle root a header must carry for these transactions (leaves: wtxids)."""
+    return merkle_root([tx.wtxid for tx in transactions])
 
 
 def _finite_vector(v: list[float]) -> list[float]:
@@ -98,7 +103,7 @@ class BlockHeader(BaseModel):
     @field_validator("task_id")
     @classmethod
     def _task_id(cls, v: str) -> str:
-        if not TASK_ID_RE.match(v):
+        if not TASK_ID_RE.fullmatch(v):
             raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         return v
 
@@ -222,7 +227,7 @@ class GenesisConfig(BaseModel):
             s_avg=[],
             s_winner=[],
             difficulty=self.params.initial_difficulty,
-            merkle_root=merkle_root([t.txid for t in txs]),
+            merkle_root=body_merkle_root(txs),
             task_id=GENESIS_TASK_ID,
             task_hash=self.params.params_hash,
             iterations=0,

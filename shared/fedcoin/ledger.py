@@ -30,6 +30,8 @@ failure raising :class:`~fedcoin.errors.InvalidBlock` with the reason code:
                                 payout/reward/genesis transaction stands elsewhere
 ``bad-transaction``             a transaction's signature, nonce, balance or
                                 kind is wrong
+``unfunded-task``               a deposit the task embeds as ``funding`` is
+                                neither in the block nor earlier on its branch
 ``stale-block``                 valid, but does not beat the current head
                                 (condition 3; :class:`~fedcoin.errors.StaleBlock`)
 ==============================  =================================================
@@ -54,11 +56,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blocks import Block, BlockBody, BlockHeader, ChainParams, GenesisConfig
+from .blocks import Block, BlockBody, BlockHeader, ChainParams, GenesisConfig, body_merkle_root
 from .difficulty import next_difficulty
 from .errors import InvalidBlock, InvalidInput, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock
 from .identity import Identity
-from .merkle import merkle_root
 from .payments import reward_allocation
 from .posap import p_distance
 from .tasks import ShapleyTask
@@ -74,9 +75,10 @@ class ChainState:
     balances: dict[str, int] = field(default_factory=dict)
     nonces: dict[str, int] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)
+    deposits: set[str] = field(default_factory=set)  # txids of confirmed deposits
 
     def copy(self) -> "ChainState":
-        return ChainState(dict(self.balances), dict(self.nonces), set(self.settled))
+        return ChainState(dict(self.balances), dict(self.nonces), set(self.settled), set(self.deposits))
 
     def balance(self, account: str) -> int:
         return self.balances.get(account, 0)
@@ -97,7 +99,7 @@ class ChainState:
         if tx.kind == "genesis":
             self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
             return
-        if tx.sender == tx.recipient:
+        if tx.sender == tx.recipient and tx.kind in USER_KINDS:
             raise InvalidTransaction("self-transfer", "sender and recipient are the same account")
         if tx.kind != "payout":
             if check_signature:
@@ -117,6 +119,8 @@ class ChainState:
         self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
         if tx.kind != "payout":
             self.nonces[tx.sender] = self.nonce(tx.sender) + 1
+        if tx.kind == "deposit":
+            self.deposits.add(tx.txid)
 
 
 def settlement_transactions(task: ShapleyTask, winner: str, s_avg: Sequence[float]) -> list[tuple[str, str, int]]:
@@ -183,7 +187,7 @@ def verify_block(
         raise InvalidBlock("bad-task", f"S vectors have lengths {len(h.s_winner)}/{len(h.s_avg)}, the task has {n} clients")
     if h.iterations < 1:
         raise InvalidBlock("bad-iterations", "the winner claims no Shapley iteration")
-    if merkle_root([tx.txid for tx in body.transactions]) != h.merkle_root:
+    if body_merkle_root(body.transactions) != h.merkle_root:
         raise InvalidBlock("bad-merkle-root", "merkle root does not match the body's transactions")
     try:
         from .identity import verify_signature
@@ -231,9 +235,13 @@ def verify_block(
                 f"transaction {first + k} is {tx.kind} {tx.amount} to {tx.recipient[:16]}..., "
                 f"Algorithm 3 prescribes {kind} {amount} to {recipient[:16]}...",
             )
-        if kind == "payout" and tx.nonce != 0:
-            raise InvalidBlock("bad-rewards", "a payout carries nonce 0")
-    return apply_block(parent_state, block)
+        if kind == "payout" and (tx.nonce != 0 or tx.signature != ""):
+            raise InvalidBlock("bad-rewards", "a payout carries nonce 0 and no signature")
+    new_state = apply_block(parent_state, block)
+    for tx in task.funding:
+        if tx.txid not in new_state.deposits:
+            raise InvalidBlock("unfunded-task", f"the task's deposit {tx.txid[:16]}... is not confirmed on this branch")
+    return new_state
 
 
 @dataclass(frozen=True)
@@ -279,8 +287,13 @@ class Chain:
                     from .errors import StoreError
 
                     raise StoreError(f"stored head {head[:16]} is not among the stored blocks")
-                self._main = self._branch_hashes(head)
-                head_state = self._replay(self._main)
+                try:
+                    self._main = self._branch_hashes(head)
+                    head_state = self._replay(self._main)
+                except (KeyError, InvalidBlock) as exc:
+                    from .errors import StoreError
+
+                    raise StoreError(f"stored chain is inconsistent: {exc}") from exc
         self._head_state = head_state
         self._remember(self.head, head_state)
 
@@ -473,13 +486,16 @@ def build_block(
         raise InvalidInput("build_block needs a ShapleyTask and the winner's Identity")
     state = chain.head_state
     txs: list[Transaction] = []
-    for tx in transactions:
-        if not isinstance(tx, Transaction) or tx.kind not in USER_KINDS:
+    funding = [tx for tx in task.funding if tx.txid not in state.deposits]
+    seen: set[str] = set()
+    for tx in [*funding, *transactions]:
+        if not isinstance(tx, Transaction) or tx.kind not in USER_KINDS or tx.txid in seen:
             continue
         try:
             state.apply(tx)
         except InvalidTransaction:
             continue
+        seen.add(tx.txid)
         txs.append(tx)
     nonce = state.nonce(winner.account)
     for kind, recipient, amount in settlement_transactions(task, winner.account, [float(x) for x in s_avg]):
@@ -505,7 +521,7 @@ def build_block(
         s_avg=[float(x) for x in s_avg],
         s_winner=[float(x) for x in s_winner],
         difficulty=chain.next_difficulty(),
-        merkle_root=merkle_root([t.txid for t in txs]),
+        merkle_root=body_merkle_root(txs),
         task_id=task.task_id,
         task_hash=task.task_hash,
         iterations=iterations,

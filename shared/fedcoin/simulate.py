@@ -132,5 +132,6 @@ def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, pu
         published_at=published_at,
         content_hash=sha256_hex(b"simulated quality game"),
         metric="quality-game",
+        funding=[deposit],
     )
     return requester, server, miners, clients, chains, task, deposit

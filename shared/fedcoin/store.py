@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from .blocks import Block
+from .blocks import Block, body_merkle_root
 from .errors import InvalidInput, StoreError
 
 SCHEMA = """
@@ -92,6 +92,11 @@ class BlockStore:
                 raise StoreError(f"{self.path}: stored block {block_hash[:16]} is unreadable: {exc}") from exc
             if block.hash != block_hash:
                 raise StoreError(f"{self.path}: stored block {block_hash[:16]} does not hash to its key")
+            task = block.body.task
+            if body_merkle_root(block.body.transactions) != block.header.merkle_root or (
+                task is not None and task.task_hash != block.header.task_hash
+            ):
+                raise StoreError(f"{self.path}: stored block {block_hash[:16]} has a body its header does not commit to")
             blocks.append(block)
         return blocks, self.head
 
@@ -114,3 +119,39 @@ class BlockStore:
 
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
+
+
+class DocStore:
+    """JSON documents by (collection, id) in a node's SQLite file — tasks, registrations, status."""
+
+    def __init__(self, path: str | Path | None = None, conn: sqlite3.Connection | None = None) -> None:
+        if conn is None:
+            if path is None:
+                raise InvalidInput("DocStore needs a path or a connection")
+            conn = connect(path)
+        self._conn = conn
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS docs (collection TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, "
+            "PRIMARY KEY (collection, id))"
+        )
+
+    def put(self, collection: str, doc_id: str, data: dict) -> None:
+        import json
+
+        self._conn.execute(
+            "INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", (collection, doc_id, json.dumps(data, sort_keys=True))
+        )
+
+    def get(self, collection: str, doc_id: str) -> dict | None:
+        import json
+
+        row = self._conn.execute("SELECT data FROM docs WHERE collection = ? AND id = ?", (collection, doc_id)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def list(self, collection: str) -> list[dict]:
+        import json
+
+        return [json.loads(r[0]) for r in self._conn.execute("SELECT data FROM docs WHERE collection = ? ORDER BY rowid", (collection,))]
+
+    def delete(self, collection: str, doc_id: str) -> None:
+        self._conn.execute("DELETE FROM docs WHERE collection = ? AND id = ?", (collection, doc_id))

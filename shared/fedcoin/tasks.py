@@ -5,7 +5,11 @@ A task is the input of Algorithm 1: the clients whose updates W are valued
 ``aggregation`` and ``metric``, with the value of the empty coalition
 ``empty_value``), the prices SapPrice and TrainPrice, and the content hash of
 the updates and validation data together with where they are held
-(``content_uri``). The task is signed by the FL server; by signing it the
+(``content_uri``). ``funding`` optionally embeds the requester's deposit
+transactions that pay for the task: the block that settles the task must
+confirm them (in its body, or earlier on its branch), so a deposit and the
+first payout it funds can be mined together on an idle chain, and no payout
+is ever mined without its deposit. The task is signed by the FL server; by signing it the
 server commits to pay TrainPrice + SapPrice to the winner of the block that
 settles it (the ``payout`` transaction). Task hash = SHA-256 of
 ``tagged("fedcoin/task/v1", fields without signature)``.
@@ -21,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .encoding import is_hex, sha256_hex, tagged
 from .errors import InvalidInput
 from .identity import Identity, check_account, verify_signature
-from .transactions import MAX_AMOUNT
+from .transactions import MAX_AMOUNT, Transaction
 
 TASK_DOMAIN = "fedcoin/task/v1"
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_CLIENTS = 4096
 
 
@@ -43,12 +47,13 @@ class ShapleyTask(BaseModel):
     empty_value: float = 0.0
     content_hash: str
     content_uri: str = Field(default="", max_length=512)
+    funding: list[Transaction] = Field(default_factory=list, max_length=16)
     signature: str = ""
 
     @field_validator("task_id")
     @classmethod
     def _task_id(cls, v: str) -> str:
-        if not TASK_ID_RE.match(v):
+        if not TASK_ID_RE.fullmatch(v):
             raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         return v
 
@@ -71,6 +76,14 @@ class ShapleyTask(BaseModel):
     def _content_hash(cls, v: str) -> str:
         if not is_hex(v, 64):
             raise ValueError("content_hash must be a SHA-256 hex digest")
+        return v
+
+    @field_validator("funding")
+    @classmethod
+    def _funding(cls, v: list[Transaction]) -> list[Transaction]:
+        for tx in v:
+            if tx.kind != "deposit":
+                raise ValueError("funding holds deposit transactions only")
         return v
 
     @property

@@ -5,7 +5,9 @@ A transaction moves ``amount`` integer base units from ``sender`` to
 (see :mod:`fedcoin.encoding`) where ``fields`` are all fields except
 ``signature``; the transaction id is the SHA-256 of that payload. Ed25519
 signatures are deterministic, so the id is stable and cannot be changed by
-re-signing.
+re-signing. The ``wtxid`` hashes the whole transaction, signature included;
+blocks commit to their transactions' wtxids, so no byte of a body can change
+without changing the block hash.
 
 Kinds:
 
@@ -41,6 +43,7 @@ from .errors import InvalidInput
 from .identity import Identity, check_account, verify_signature
 
 TX_DOMAIN = "fedcoin/tx/v1"
+WTX_DOMAIN = "fedcoin/wtx/v1"
 MINT_ACCOUNT = ZERO_HASH  # sender of genesis allocations; has no key
 MAX_AMOUNT = 2**63 - 1
 MAX_MEMO = 256
@@ -48,7 +51,7 @@ SIGNED_KINDS = frozenset({"transfer", "deposit", "reward"})
 USER_KINDS = frozenset({"transfer", "deposit"})  # kinds accepted from users into a mempool
 
 TxKind = Literal["transfer", "deposit", "reward", "payout", "genesis"]
-_MEMO_RE = re.compile(r"^[\x20-\x7e]*$")
+_MEMO_RE = re.compile(r"[\x20-\x7e]*")
 
 
 class Transaction(BaseModel):
@@ -71,7 +74,7 @@ class Transaction(BaseModel):
     @field_validator("memo")
     @classmethod
     def _memo(cls, v: str) -> str:
-        if not _MEMO_RE.match(v):
+        if not _MEMO_RE.fullmatch(v):
             raise ValueError("memo must be printable ASCII")
         return v
 
@@ -85,6 +88,11 @@ class Transaction(BaseModel):
     @property
     def txid(self) -> str:
         return sha256_hex(self.signing_payload())
+
+    @property
+    def wtxid(self) -> str:
+        """Hash of the whole transaction, signature included: the Merkle leaf."""
+        return sha256_hex(tagged(WTX_DOMAIN, self.model_dump()))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

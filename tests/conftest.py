@@ -1,0 +1,99 @@
+"""Shared fixtures for the ledger tests: deterministic identities and block builders."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcoin.blocks import Block, ChainParams, GenesisConfig
+from fedcoin.identity import Identity
+from fedcoin.ledger import Chain, build_block
+from fedcoin.blocks import body_merkle_root
+from fedcoin.tasks import make_task
+
+T0 = 1_700_000_000_000  # a fixed "now" (ms) for deterministic timestamps
+NOW = T0 + 10**9
+
+
+def ident(i: int) -> Identity:
+    return Identity.from_seed(bytes([i]) * 32)
+
+
+class Net:
+    """A small fixed network: a server, a requester, miners, FL clients and users."""
+
+    T0 = T0
+    NOW = NOW
+    ident = staticmethod(ident)
+
+    def __init__(self) -> None:
+        self.server = ident(1)
+        self.requester = ident(2)
+        self.miners = [ident(10 + k) for k in range(4)]
+        self.clients = [ident(20 + k) for k in range(3)]
+        self.users = [ident(30 + k) for k in range(3)]
+
+    def genesis(self, **params) -> GenesisConfig:
+        alloc = {self.server.account: 1_000_000, self.requester.account: 50_000}
+        alloc.update({u.account: 1_000 for u in self.users})
+        return GenesisConfig(params=ChainParams(**params), allocations=alloc, timestamp=T0)
+
+    def task(self, task_id: str = "t1", *, published_at: int = T0 + 1_000, train_price: int = 700,
+             sap_price: int = 200, clients=None, server: Identity | None = None, **extra):
+        clients = [c.account for c in self.clients] if clients is None else clients
+        return make_task(server or self.server, task_id=task_id, round=0, clients=clients,
+                         train_price=train_price, sap_price=sap_price, published_at=published_at,
+                         content_hash="ab" * 32, **extra)
+
+    def block(self, chain: Chain, task=None, *, winner: int | Identity = 0, s_avg=(0.5, 0.3, 0.2),
+              s_winner=None, txs=(), timestamp: int | None = None, iterations: int = 10) -> Block:
+        task = task or self.task(f"t{chain.height + 1}", published_at=T0 + 1_000 * (chain.height + 1))
+        w = self.miners[winner] if isinstance(winner, int) else winner
+        ts = task.published_at + 500 if timestamp is None else timestamp
+        return build_block(chain, task=task, winner=w, s_winner=list(s_winner if s_winner is not None else s_avg),
+                           s_avg=list(s_avg), iterations=iterations, transactions=list(txs), timestamp=ts)
+
+    @staticmethod
+    def reheader(block: Block, signer: Identity | None, **updates) -> Block:
+        """Replace header fields; re-sign with ``signer`` (None keeps the old signature)."""
+        h = block.header.model_copy(update=updates)
+        if signer is not None:
+            h = h.model_copy(update={"signature": signer.sign(h.signing_payload())})
+        return block.model_copy(update={"header": h})
+
+    @classmethod
+    def rebody(cls, block: Block, signer: Identity | None, *, transactions=None, task=None,
+               fix_merkle: bool = True) -> Block:
+        """Replace body parts; recompute the merkle root (unless told not to) and re-sign."""
+        body_up = {}
+        if transactions is not None:
+            body_up["transactions"] = list(transactions)
+        if task is not None:
+            body_up["task"] = task
+        body = block.body.model_copy(update=body_up)
+        b = block.model_copy(update={"body": body})
+        upd = {"merkle_root": body_merkle_root(body.transactions)} if fix_merkle else {}
+        return cls.reheader(b, signer, **upd)
+
+    def winner_of(self, block: Block) -> Identity:
+        return next(m for m in self.miners if m.account == block.header.winner)
+
+    @staticmethod
+    def snapshot(chain: Chain):
+        """Everything a rejected block must leave untouched."""
+        store = chain._store
+        stored = None
+        if store is not None:
+            stored = (store.head, store.count())
+        state = chain.head_state
+        return (chain.head, chain.height, chain.balances(), dict(state.nonces), set(state.settled),
+                set(getattr(state, "deposits", ())), len(chain.main_chain()), stored)
+
+
+@pytest.fixture(scope="session")
+def net() -> Net:
+    return Net()
+
+
+@pytest.fixture
+def chain(net: Net) -> Chain:
+    return Chain(net.genesis())

@@ -1,0 +1,341 @@
+"""Tests for fedcoin.posap: permutation derivation, the PoSap miner and an end-to-end round."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcoin.encoding import tagged
+from fedcoin.errors import InvalidInput
+from fedcoin.ledger import Chain, build_block
+from fedcoin.payments import reward_allocation
+from fedcoin.posap import PoSapMiner, Report, derive_permutation, marginals_from_utility, p_distance, weighted_average
+from fedcoin.shapley import exact_shapley, marginals_for_permutation
+from fedcoin.transactions import make_transaction
+
+PREV = "ab" * 32
+MINER = "cd" * 32
+
+
+# --- derive_permutation ---------------------------------------------------------------
+
+
+def reference_permutation(prev_hash, task_id, miner, iteration, n):
+    """The derivation exactly as the posap module docstring specifies it."""
+    seed = hashlib.sha256(tagged("fedcoin/posap-seed/v1", [prev_hash, task_id, miner, iteration])).digest()
+
+    def words():
+        k = 0
+        while True:
+            block = hashlib.sha256(seed + k.to_bytes(8, "big")).digest()
+            for i in range(4):
+                yield int.from_bytes(block[8 * i : 8 * i + 8], "big")
+            k += 1
+
+    stream = words()
+
+    def uniform(m):
+        while True:
+            w = next(stream)
+            if w < 2**64 - (2**64 % m):
+                return w % m
+
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = uniform(i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 40), iteration=st.integers(0, 2**40), task=st.text(max_size=12),
+       prev=st.binary(min_size=32, max_size=32))
+def test_permutation_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
+    p = derive_permutation(prev.hex(), task, MINER, iteration, n)
+    assert sorted(p) == list(range(n))
+    assert derive_permutation(prev.hex(), task, MINER, iteration, n) == p
+    assert p == reference_permutation(prev.hex(), task, MINER, iteration, n)
+
+
+def test_known_vector_is_stable():
+    # pins the derivation: a change would make honest miners' permutations irreproducible
+    assert derive_permutation("00" * 32, "t", "11" * 32, 0, 10) == reference_permutation("00" * 32, "t", "11" * 32, 0, 10)
+    assert derive_permutation(PREV, "task", MINER, 0, 1) == [0]
+
+
+@pytest.mark.parametrize("change", ["miner", "iteration", "prev_hash", "task"])
+def test_permutation_differs_by_input(change):
+    n = 12  # 12! permutations: a collision would be astronomically unlikely
+    args = dict(prev_hash=PREV, task_id="task", miner=MINER, iteration=7)
+    alt = dict(args)
+    alt.update({"miner": {"miner": "ef" * 32}, "iteration": {"iteration": 8}, "prev_hash": {"prev_hash": "ac" * 32},
+                "task": {"task_id": "task2"}}[change])
+    assert alt != args
+    base = derive_permutation(n=n, **args)
+    assert derive_permutation(n=n, **alt) != base
+    # and across many iterations the sequences are not the same
+    seq = [tuple(derive_permutation(PREV, "task", MINER, t, 6)) for t in range(30)]
+    assert len(set(seq)) > 15
+
+
+def test_permutation_roughly_uniform():
+    counts = {p: 0 for p in itertools.permutations(range(3))}
+    trials = 3000
+    for t in range(trials):
+        counts[tuple(derive_permutation(PREV, "uniform", MINER, t, 3))] += 1
+    expected = trials / 6
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 20.5  # 5 degrees of freedom, p = 0.001
+    # position of each player is uniform too
+    firsts = [0, 0, 0]
+    for p, c in counts.items():
+        firsts[p[0]] += c
+    assert all(abs(f - trials / 3) < 150 for f in firsts)
+
+
+@pytest.mark.parametrize("kw", [dict(n=0), dict(n=True), dict(n=2.0), dict(prev_hash="AB" * 32), dict(prev_hash="ab"),
+                                dict(iteration=-1), dict(iteration=True), dict(task_id=5), dict(miner=None)])
+def test_permutation_bad_input(kw):
+    args = dict(prev_hash=PREV, task_id="t", miner=MINER, iteration=0, n=3)
+    args.update(kw)
+    with pytest.raises(InvalidInput):
+        derive_permutation(**args)
+
+
+# --- p_distance / weighted_average -------------------------------------------------------
+
+
+def test_p_distance_values():
+    assert p_distance([3.0, 4.0], [0.0, 0.0]) == 5.0
+    assert p_distance([3.0, 4.0], [0.0, 0.0], 1) == 7.0
+    assert p_distance([3.0, -4.0], [0.0, 0.0], math.inf) == 4.0
+    assert p_distance([], []) == 0.0
+    assert p_distance([1.0, 2.0], [1.0, 2.0], 3) == 0.0
+    assert p_distance([1e300, 1e300], [-1e300, -1e300]) == pytest.approx(2e300 * math.sqrt(2))
+    assert p_distance([1e-300, 0.0], [0.0, 1e-300]) == pytest.approx(1e-300 * math.sqrt(2))
+
+
+@pytest.mark.parametrize("args", [([1.0], [1.0, 2.0]), ([[1.0]], [[1.0]]), ([float("nan")], [0.0]),
+                                  ([1.0], [1.0], 0.5), ([1.0], [1.0], True), ([1.0], [1.0], "2")])
+def test_p_distance_bad_input(args):
+    with pytest.raises(InvalidInput):
+        p_distance(*args)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.floats(-100, 100), min_size=3, max_size=3), st.integers(0, 1000)),
+                min_size=1, max_size=6).filter(lambda rs: any(t > 0 for _, t in rs)))
+def test_weighted_average(reports):
+    reps = [Report(tuple(s), t) for s, t in reports]
+    got = weighted_average(reps)
+    num = sum(t * np.array(s) for s, t in reports)
+    den = sum(t for _, t in reports)
+    assert np.allclose(got, num / den, rtol=1e-12, atol=1e-9)
+
+
+def test_weighted_average_bad():
+    with pytest.raises(InvalidInput):
+        weighted_average([])
+    with pytest.raises(InvalidInput):
+        weighted_average([Report((1.0,), 0)])
+    with pytest.raises(InvalidInput):
+        weighted_average([Report((1.0,), 1), Report((1.0, 2.0), 1)])
+    assert weighted_average([Report((1.0, 3.0), 1), Report((3.0, 5.0), 3)]).tolist() == [2.5, 4.5]
+
+
+# --- PoSapMiner ----------------------------------------------------------------------------
+
+
+def miner(marginals, n=3, difficulty=0.1, **kw):
+    args = dict(miner=MINER, task_id="t", prev_hash=PREV, n_players=n, marginals=marginals, difficulty=difficulty)
+    args.update(kw)
+    return PoSapMiner(**args)
+
+
+def random_game(n, seed):
+    rng = np.random.default_rng(seed)
+    values = {frozenset(c): float(rng.normal()) for k in range(1, n + 1) for c in itertools.combinations(range(n), k)}
+    values[frozenset()] = 0.0
+    return lambda s: values[frozenset(s)]
+
+
+def test_running_estimate_is_average_of_marginals():
+    game = random_game(4, 1)
+    m = miner(marginals_from_utility(game, 4), n=4)
+    m.step(25)
+    m.step(5)
+    assert m.iterations == 30
+    perms = [derive_permutation(PREV, "t", MINER, t, 4) for t in range(30)]
+    expected = np.mean([marginals_for_permutation(p, game, 0.0) for p in perms], axis=0)
+    assert np.allclose(m.shapley, expected, rtol=0, atol=1e-12)
+    r = m.report()
+    assert r.iterations == 30 and np.allclose(r.shapley, expected, atol=1e-12)
+
+
+def test_additive_game_exact():
+    w = [1.0, 2.0, 3.0, -4.0]
+    game = lambda s: float(sum(w[i] for i in s))  # noqa: E731
+    m = miner(marginals_from_utility(game, 4), n=4)
+    m.step(7)
+    assert m.shapley.tolist() == exact_shapley(4, game) == w
+
+
+def test_random_game_near_exact():
+    game = random_game(4, 2)
+    exact = np.array(exact_shapley(4, game))
+    m = miner(marginals_from_utility(game, 4), n=4)
+    m.step(3000)
+    err = np.linalg.norm(m.shapley - exact) / np.linalg.norm(exact)
+    assert err < 0.05
+    assert math.isclose(m.shapley.sum(), game(frozenset(range(4))), abs_tol=1e-9)  # efficiency holds exactly
+
+
+def constant(vec):
+    return lambda perm: np.array(vec, dtype=float)
+
+
+def test_win_check_boundary_with_peers():
+    # own S = [1, 0] after 1 iteration; a peer reports [0, 0] after 1 iteration -> S_bar = [0.5, 0]
+    for d, wins in ((0.5, True), (math.nextafter(0.5, 0), False), (1.0, True)):
+        m = miner(constant([1.0, 0.0]), n=2, difficulty=d)
+        m.step()
+        assert not m.is_winner()  # no peer heard yet (min_peers = 1)
+        m.receive("peer", Report((0.0, 0.0), 1))
+        assert m.network_average().tolist() == [0.5, 0.0]
+        assert m.distance() == 0.5
+        assert m.is_winner() is wins
+
+
+def test_weights_by_iterations():
+    m = miner(constant([1.0, 0.0]), n=2, difficulty=0.25)
+    m.step(1)
+    m.receive("peer", Report((0.0, 0.0), 3))  # S_bar = [0.25, 0], distance 0.75
+    assert m.distance() == 0.75 and not m.is_winner()
+    m.step(5)  # 6 own iterations: S_bar = [6/9, 0], distance 1/3
+    assert m.distance() == pytest.approx(1 / 3) and not m.is_winner()
+    m.step(3)  # 9 : 3 -> distance 0.25
+    assert m.distance() == pytest.approx(0.25)
+
+
+def test_min_peers():
+    m0 = miner(constant([1.0, 0.0]), n=2, min_peers=0)
+    assert not m0.is_winner()  # no iteration yet
+    m0.step()
+    assert m0.is_winner()  # alone, distance 0
+    m2 = miner(constant([1.0, 0.0]), n=2, min_peers=2, difficulty=10.0)
+    m2.step()
+    m2.receive("p1", Report((1.0, 0.0), 1))
+    assert not m2.is_winner()
+    m2.receive("p2", Report((1.0, 0.0), 0))  # a peer with no iteration does not count
+    assert not m2.is_winner()
+    m2.receive("p2", Report((1.0, 0.0), 2))
+    assert m2.is_winner()
+
+
+def test_receive_keeps_latest_and_ignores_self():
+    m = miner(constant([1.0, 0.0]), n=2)
+    m.step()
+    m.receive(MINER, Report((9.0, 9.0), 100))  # own id: ignored
+    assert m.peer_reports == {}
+    m.receive("p", Report((0.0, 0.0), 5))
+    m.receive("p", Report((3.0, 3.0), 2))  # stale: fewer iterations
+    assert m.peer_reports["p"] == Report((0.0, 0.0), 5)
+    m.receive("p", Report((2.0, 2.0), 6))
+    assert m.peer_reports["p"] == Report((2.0, 2.0), 6)
+
+
+@pytest.mark.parametrize("report", [Report((1.0,), 1), Report((1.0, 2.0, 3.0), 1), Report((1.0, 2.0), -1),
+                                    Report((1.0, float("nan")), 1), Report((float("inf"), 0.0), 1),
+                                    Report((1.0, 2.0), 1.5)])
+def test_bad_reports_rejected(report):
+    m = miner(constant([1.0, 0.0]), n=2)
+    with pytest.raises(InvalidInput):
+        m.receive("p", report)
+    assert m.peer_reports == {}
+
+
+@pytest.mark.parametrize("kw", [dict(n=0), dict(difficulty=0.0), dict(difficulty=float("nan")), dict(difficulty=-1.0),
+                                dict(marginals=None), dict(prev_hash="xyz"), dict(p=0.5), dict(min_peers=-1)])
+def test_miner_bad_construction(kw):
+    args = dict(marginals=constant([0.0, 0.0, 0.0]))
+    args.update(kw)
+    with pytest.raises(InvalidInput):
+        miner(**args)
+
+
+@pytest.mark.parametrize("out", [[1.0, 2.0], [1.0, float("nan"), 0.0], [[1.0, 2.0, 3.0]]])
+def test_step_rejects_bad_marginals(out):
+    m = miner(constant(out))
+    with pytest.raises(InvalidInput):
+        m.step()
+    assert m.iterations == 0
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def test_end_to_end_four_miners(net):
+    weights = [3.0, 1.0, -0.5]
+
+    def game(s):  # a non-additive game on the 3 clients with a negative contributor
+        x = sum(weights[i] for i in s)
+        return x - 0.4 * x * x / 4 + (0.7 if {0, 1} <= set(s) else 0.0)
+
+    genesis = net.genesis(initial_difficulty=0.005)
+    chains = [Chain(genesis) for _ in range(4)]
+    d = chains[0].next_difficulty()
+    task = net.task("round-1", published_at=net.T0 + 1_000)
+    prev = chains[0].head
+    miners = [PoSapMiner(miner=m.account, task_id=task.task_id, prev_hash=prev, n_players=3,
+                         marginals=marginals_from_utility(game, 3), difficulty=d) for m in net.miners]
+    winner = None
+    for _round in range(2_000):
+        for m in miners:
+            m.step(3)
+        for a in miners:  # gossip: everyone hears everyone's latest report
+            for b in miners:
+                b.receive(a.miner, a.report())
+        ready = [m for m in miners if m.is_winner()]
+        if ready:
+            winner = ready[0]
+            break
+    assert winner is not None
+    assert winner.iterations > 3  # it took some work to converge
+    assert winner.distance() <= d
+    w_ident = next(i for i in net.miners if i.account == winner.miner)
+    deposit = make_transaction(net.requester, net.server.account, 1_000, 0, "deposit", task.task_id)
+    block = build_block(chains[0], task=task, winner=w_ident, s_winner=winner.shapley.tolist(),
+                        s_avg=winner.network_average().tolist(), iterations=winner.iterations,
+                        transactions=[deposit], timestamp=net.T0 + 5_000)
+    before = chains[0].balances()
+    for chain, m in zip(chains, miners):
+        res = chain.add_block(block, local_avg=m.network_average().tolist(), now=net.NOW)
+        assert res.status == "extended" and chain.head == block.hash
+    heads = {c.head for c in chains}
+    assert len(heads) == 1
+    alloc = reward_allocation(block.header.s_avg, task.train_price)
+    assert sum(a for _, a in alloc) == task.train_price
+    assert all(block.header.s_avg[i] > 0 for i, _ in alloc)
+    assert 2 not in dict(alloc)  # the negative contributor is not paid
+    for chain in chains:
+        bal = chain.balances()
+        assert bal == chains[0].balances()
+        for i, c in enumerate(net.clients):
+            assert bal.get(c.account, 0) == before.get(c.account, 0) + dict(alloc).get(i, 0)
+        assert bal[w_ident.account] == task.train_price + task.sap_price - task.train_price
+        assert bal[net.server.account] == before[net.server.account] + 1_000 - 900
+        assert sum(bal.values()) == chain.supply
+        assert chain.is_settled(task.task_id)
+    # a node whose local average disagrees with the winner rejects the block
+    lonely = Chain(genesis)
+    far = (np.array(block.header.s_winner) + 2 * d).tolist()
+    with pytest.raises(Exception) as info:
+        lonely.add_block(block, local_avg=far, now=net.NOW)
+    assert getattr(info.value, "reason", None) == "shapley-far-from-local"
+    assert lonely.height == 0

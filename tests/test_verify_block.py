@@ -1,0 +1,599 @@
+"""Invalid-block tests in the style of Bitcoin Core's functional tests.
+
+Every test crafts one defect (re-signing where needed so that exactly the rule
+under test fires), asserts the exact ``InvalidBlock.reason`` and that the
+chain's head, height, balances, nonces, settled tasks and store are unchanged;
+most then show the untampered block is accepted, so the rejection was caused
+by the defect and nothing else.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcoin.blocks import BlockBody
+from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
+from fedcoin.ledger import Chain, verify_block
+from fedcoin.tasks import ShapleyTask
+from fedcoin.transactions import MINT_ACCOUNT, Transaction, make_transaction
+
+
+def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
+    t = tx.model_copy(update=updates)
+    return t.model_copy(update={"signature": signer.sign(t.signing_payload())})
+
+
+def flip_hex(s: str, pos: int = 5) -> str:
+    return s[:pos] + format(int(s[pos], 16) ^ 1, "x") + s[pos + 1 :]
+
+
+@pytest.fixture
+def env(net, tmp_path):
+    """A stored chain at height 3 and a valid candidate block at height 4."""
+    chain = Chain.open(tmp_path / "chain.db", net.genesis())
+    u0, u1, u2 = net.users
+    first = make_transaction(u0, u1.account, 100, 0)
+    for k in range(3):
+        txs = [first] if k == 0 else []
+        chain.add_block(net.block(chain, winner=k % 4, txs=txs), now=net.NOW)
+    assert chain.height == 3
+    pending = [make_transaction(u0, u2.account, 50, 1),
+               make_transaction(net.requester, net.server.account, 5_000, 0, "deposit", "t4")]
+    good = net.block(chain, winner=1, txs=pending)
+    assert len(good.body.transactions) == 2 + 1 + 3
+    yield net, chain, good, first
+    chain.close()
+
+
+def reject(net, chain: Chain, block, reason: str, **kw) -> InvalidBlock:
+    kw.setdefault("now", net.NOW)
+    before = net.snapshot(chain)
+    supply = chain.head_state.total
+    with pytest.raises(InvalidBlock) as info:
+        chain.add_block(block, **kw)
+    assert info.value.reason == reason, str(info.value)
+    assert net.snapshot(chain) == before
+    assert chain.head_state.total == supply == chain.supply
+    assert block.hash not in chain
+    return info.value
+
+
+def accept(net, chain: Chain, block, **kw) -> None:
+    kw.setdefault("now", net.NOW)
+    res = chain.add_block(block, **kw)
+    assert res.status == "extended" and chain.head == block.hash
+    assert chain.head_state.total == chain.supply
+
+
+def test_candidate_is_valid(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    before = chain.balance(w.account)
+    accept(net, chain, good)
+    assert chain.height == 4
+    assert chain.balance(w.account) == before + 900 - 700
+    assert chain.is_settled("t4")
+    assert chain._store.head == good.hash
+
+
+# --- structure --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height", [3, 5, 0, 100])
+def test_bad_height(env, height):
+    net, chain, good, _ = env
+    bad = net.reheader(good, net.winner_of(good), height=height)
+    reject(net, chain, bad, "bad-height")
+    accept(net, chain, good)
+
+
+def test_orphan_block_unknown_parent(env):
+    net, chain, good, _ = env
+    bad = net.reheader(good, net.winner_of(good), prev_hash="ee" * 32)
+    err = reject(net, chain, bad, "orphan-block")
+    assert isinstance(err, OrphanBlock)
+    with pytest.raises(OrphanBlock):
+        chain.add_chain([bad], now=net.NOW)
+    accept(net, chain, good)
+
+
+def test_bad_parent_in_add_chain(env):
+    net, chain, good, _ = env
+    sibling = net.block(chain, winner=2)  # also a child of the head, not of `good`
+    before = net.snapshot(chain)
+    with pytest.raises(InvalidBlock) as info:
+        chain.add_chain([good, sibling], now=net.NOW)
+    assert info.value.reason == "bad-parent"
+    assert net.snapshot(chain) == before
+    assert good.hash not in chain
+
+
+def test_bad_parent_in_verify_block(env):
+    net, chain, good, _ = env
+    ancestors = chain.main_chain()[:-1]  # ends with the grandparent
+    with pytest.raises(InvalidBlock) as info:
+        verify_block(good, ancestors, chain.head_state, chain.params, now=net.NOW)
+    assert info.value.reason == "bad-parent"
+
+
+def test_missing_task(env):
+    net, chain, good, _ = env
+    bad = good.model_copy(update={"body": BlockBody(task=None, transactions=good.body.transactions)})
+    reject(net, chain, bad, "bad-task")
+    accept(net, chain, good)
+
+
+def test_task_hash_mismatch(env):
+    net, chain, good, _ = env
+    other = net.task("t4", published_at=good.body.task.published_at, train_price=701)
+    assert other.task_id == good.header.task_id and other.task_hash != good.header.task_hash
+    reject(net, chain, net.rebody(good, net.winner_of(good), task=other), "bad-task")
+    accept(net, chain, good)
+
+
+def test_task_id_mismatch(env):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, net.winner_of(good), task_id="t999"), "bad-task")
+
+
+def test_task_signed_by_someone_else(env):
+    net, chain, good, _ = env
+    task = good.body.task
+    forged = task.model_copy(update={"signature": net.miners[1].sign(task.signing_payload())})
+    assert forged.task_hash == task.task_hash  # header still matches; only the signature is wrong
+    reject(net, chain, net.rebody(good, None, task=forged, fix_merkle=False), "bad-task")
+    unsigned = task.model_copy(update={"signature": ""})
+    reject(net, chain, net.rebody(good, None, task=unsigned, fix_merkle=False), "bad-task")
+    accept(net, chain, good)
+
+
+@pytest.mark.parametrize("field,value", [("s_avg", [0.5, 0.5]), ("s_winner", [0.5, 0.3, 0.2, 0.0]),
+                                         ("s_avg", []), ("s_winner", [1.0])])
+def test_shapley_vector_length_mismatch(env, field, value):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, net.winner_of(good), **{field: value}), "bad-task")
+    accept(net, chain, good)
+
+
+def test_task_id_with_trailing_newline_rejected():
+    # TASK_ID_RE documents "1-128 characters of A-Z a-z 0-9 . _ : -"; "\n" is none of them.
+    with pytest.raises(InvalidInput):
+        ShapleyTask.from_dict({"task_id": "t1\n", "server": "aa" * 32, "round": 0, "clients": ["bb" * 32],
+                               "train_price": 1, "sap_price": 1, "published_at": 0, "content_hash": "cc" * 32})
+
+
+@pytest.mark.parametrize("iterations", [0])
+def test_bad_iterations(env, iterations):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, net.winner_of(good), iterations=iterations), "bad-iterations")
+    accept(net, chain, good)
+
+
+def test_bad_merkle_root_header(env):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, net.winner_of(good), merkle_root="11" * 32), "bad-merkle-root")
+    accept(net, chain, good)
+
+
+def test_bad_merkle_root_body_changed(env):
+    net, chain, good, _ = env
+    txs = good.body.transactions
+    reject(net, chain, net.rebody(good, None, transactions=txs[1:], fix_merkle=False), "bad-merkle-root")
+    reject(net, chain, net.rebody(good, None, transactions=[txs[1], txs[0], *txs[2:]], fix_merkle=False),
+           "bad-merkle-root")
+    accept(net, chain, good)
+
+
+# --- signature and difficulty --------------------------------------------------------
+
+
+def test_signed_by_another_key(env):
+    net, chain, good, _ = env
+    other = net.miners[3]
+    assert other.account != good.header.winner
+    reject(net, chain, net.reheader(good, other), "bad-signature")
+    accept(net, chain, good)
+
+
+@pytest.mark.parametrize("pos", [0, 63, 64, 127])
+def test_signature_bytes_flipped(env, pos):
+    net, chain, good, _ = env
+    bad = net.reheader(good, None, signature=flip_hex(good.header.signature, pos))
+    assert bad.hash == good.hash  # the hash does not cover the signature
+    reject(net, chain, bad, "bad-signature")
+    reject(net, chain, net.reheader(good, None, signature=""), "bad-signature")
+    accept(net, chain, good)
+
+
+def test_winner_changed_without_its_key(env):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, None, winner=net.miners[3].account), "bad-signature")
+
+
+@pytest.mark.parametrize("difficulty", [0.02, 0.01 * (1 + 1e-15), 1.0, 1e-9])
+def test_bad_difficulty(env, difficulty):
+    net, chain, good, _ = env
+    assert good.header.difficulty == chain.next_difficulty() == 0.01
+    reject(net, chain, net.reheader(good, net.winner_of(good), difficulty=difficulty), "bad-difficulty")
+    accept(net, chain, good)
+
+
+# --- timestamps -------------------------------------------------------------------
+
+
+def test_timestamp_before_task_publication(env):
+    net, chain, good, _ = env
+    published = good.body.task.published_at
+    reject(net, chain, net.reheader(good, net.winner_of(good), timestamp=published - 1), "bad-timestamp")
+    accept(net, chain, net.reheader(good, net.winner_of(good), timestamp=published))
+
+
+def test_timestamp_not_after_median_time_past(env):
+    net, chain, good, _ = env
+    ts = sorted(b.header.timestamp for b in chain.main_chain())
+    mtp = ts[(len(ts) - 1) // 2]  # median_low
+    old_task = net.task("t4", published_at=net.T0)
+    w = net.winner_of(good)
+    base = net.rebody(good, w, task=old_task, fix_merkle=False)
+    base = net.reheader(base, w, task_hash=old_task.task_hash)
+    reject(net, chain, net.reheader(base, w, timestamp=mtp), "bad-timestamp")
+    reject(net, chain, net.reheader(base, w, timestamp=mtp - 1), "bad-timestamp")
+    accept(net, chain, net.reheader(base, w, timestamp=mtp + 1))
+
+
+def test_timestamp_far_future(env):
+    net, chain, good, _ = env
+    limit = net.NOW + chain.params.max_future_ms
+    w = net.winner_of(good)
+    reject(net, chain, net.reheader(good, w, timestamp=limit + 1), "bad-timestamp", now=net.NOW)
+    accept(net, chain, net.reheader(good, w, timestamp=limit), now=net.NOW)
+
+
+def test_timestamp_far_future_against_wall_clock(env):
+    net, chain, good, _ = env
+    bad = net.reheader(good, net.winner_of(good), timestamp=10**15)  # year ~33658
+    before = net.snapshot(chain)
+    with pytest.raises(InvalidBlock) as info:
+        chain.add_block(bad)  # now defaults to the wall clock
+    assert info.value.reason == "bad-timestamp"
+    assert net.snapshot(chain) == before
+
+
+# --- Algorithm 2 conditions ----------------------------------------------------------
+
+
+def test_shapley_far_from_average(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    bad = net.reheader(good, w, s_winner=[0.52, 0.3, 0.2])  # distance 0.02 > D = 0.01
+    reject(net, chain, bad, "shapley-far-from-average")
+    close = net.reheader(good, w, s_winner=[0.505, 0.3, 0.2])
+    accept(net, chain, close)
+
+
+def test_shapley_far_from_local(env):
+    net, chain, good, _ = env
+    reject(net, chain, good, "shapley-far-from-local", local_avg=[0.5, 0.3, 0.22])
+    reject(net, chain, good, "shapley-far-from-local", local_avg=[0.4, 0.4, 0.2])
+    with pytest.raises(InvalidInput):
+        chain.add_block(good, local_avg=[0.5, 0.3], now=net.NOW)
+    accept(net, chain, good, local_avg=[0.505, 0.3, 0.2])
+
+
+def test_distance_boundary_is_inclusive(net):
+    chain = Chain(net.genesis(initial_difficulty=0.25))
+    w = net.miners[0]
+    exactly = net.block(chain, winner=0, s_avg=[0.5, 0.25, 0.25], s_winner=[0.75, 0.25, 0.25])
+    beyond = net.reheader(exactly, w, s_winner=[0.75 + 2**-20, 0.25, 0.25])
+    reject(net, chain, beyond, "shapley-far-from-average")
+    reject(net, chain, exactly, "shapley-far-from-local", local_avg=[1.0 + 2**-20, 0.25, 0.25])
+    accept(net, chain, exactly, local_avg=[1.0, 0.25, 0.25])  # both distances exactly D
+
+
+def test_task_already_settled(env):
+    net, chain, good, _ = env
+    accept(net, chain, good)
+    again = net.block(chain, good.body.task, winner=2)  # same task, later block
+    reject(net, chain, again, "task-already-settled")
+    old = chain.block_at(1).body.task
+    reject(net, chain, net.block(chain, old, winner=3), "task-already-settled")
+
+
+# --- Algorithm 3: payout and rewards -------------------------------------------------
+
+
+def settlement(block):
+    """(user txs, payout, rewards) of a block built by build_block."""
+    txs = block.body.transactions
+    i = next(k for k, t in enumerate(txs) if t.kind == "payout")
+    return txs[:i], txs[i], txs[i + 1 :]
+
+
+def test_reward_wrong_amount(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    for delta in (+1, -1):
+        bad_r = [resign_tx(rewards[0], w, amount=rewards[0].amount + delta), *rewards[1:]]
+        reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *bad_r]), "bad-rewards")
+    accept(net, chain, good)
+
+
+def test_payout_wrong_amount_sender_memo_nonce(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    for upd in ({"amount": payout.amount + 1}, {"amount": payout.amount - 1}, {"sender": net.requester.account},
+                {"recipient": net.miners[3].account}, {"memo": "t1"}, {"nonce": 1}):
+        bad_p = payout.model_copy(update=upd)
+        reject(net, chain, net.rebody(good, w, transactions=[*user, bad_p, *rewards]), "bad-rewards")
+    accept(net, chain, good)
+
+
+def test_missing_reward(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *rewards[:-1]]), "bad-rewards")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, rewards[0], rewards[2]]), "bad-rewards")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, *rewards]), "bad-rewards")  # no payout
+    reject(net, chain, net.rebody(good, w, transactions=[]), "bad-rewards")
+    accept(net, chain, good)
+
+
+@pytest.mark.parametrize("s_avg", [(0.6, 0.4, 0.0), (0.6, 0.5, -0.1)])
+def test_reward_to_non_positive_client(env, s_avg):
+    net, chain, _, _ = env
+    good = net.block(chain, winner=1, s_avg=s_avg)
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    assert [r.recipient for r in rewards] == [net.clients[0].account, net.clients[1].account]
+    extra = make_transaction(w, net.clients[2].account, 1, rewards[-1].nonce + 1, "reward", "t4")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *rewards, extra]), "bad-rewards")
+    # moving one unit from client 1 to client 2 keeps the total but breaks the rule
+    moved = [rewards[0], resign_tx(rewards[1], w, amount=rewards[1].amount - 1),
+             make_transaction(w, net.clients[2].account, 1, rewards[1].nonce + 1, "reward", "t4")]
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *moved]), "bad-rewards")
+    c2 = chain.balance(net.clients[2].account)
+    accept(net, chain, good)
+    assert chain.balance(net.clients[2].account) == c2  # nothing paid to S_i <= 0
+
+
+def test_no_positive_shapley_no_rewards(env):
+    net, chain, _, _ = env
+    good = net.block(chain, winner=1, s_avg=(0.0, -0.1, 0.0))
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    assert rewards == [] and payout.amount == 900
+    r = make_transaction(w, net.clients[0].account, 700, chain.nonce(w.account), "reward", "t4")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, r]), "bad-rewards")
+    before = chain.balance(w.account)
+    accept(net, chain, good)
+    assert chain.balance(w.account) == before + 900
+
+
+def test_extra_payout(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, payout, *rewards]), "bad-rewards")
+    reject(net, chain, net.rebody(good, w, transactions=[payout, *user, payout, *rewards]), "bad-rewards")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *rewards, payout]), "bad-rewards")
+    accept(net, chain, good)
+
+
+def test_rewards_reordered(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    n0 = rewards[0].nonce
+    swapped = [resign_tx(rewards[1], w, nonce=n0), resign_tx(rewards[0], w, nonce=n0 + 1), rewards[2]]
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *swapped]), "bad-rewards")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, *rewards, payout]), "bad-rewards")
+    accept(net, chain, good)
+
+
+def test_reward_not_from_winner(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    other = net.miners[3]
+    forged = [make_transaction(other, r.recipient, r.amount, i, "reward", r.memo) for i, r in enumerate(rewards)]
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *forged]), "bad-rewards")
+    wrong_memo = [resign_tx(rewards[0], w, memo="t1"), *rewards[1:]]
+    reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *wrong_memo]), "bad-rewards")
+
+
+def test_reward_kind_in_user_section(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    u = net.users[1]
+    sneaky = make_transaction(u, net.users[2].account, 5, chain.nonce(u.account), "reward", "t4")
+    reject(net, chain, net.rebody(good, w, transactions=[sneaky, *good.body.transactions]), "bad-rewards")
+
+
+def test_genesis_kind_in_body(env):
+    # ledger.py: "bad-rewards ... or a payout/reward/genesis transaction stands elsewhere"
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    mint = Transaction(sender=MINT_ACCOUNT, recipient=w.account, amount=10**6, nonce=0, kind="genesis")
+    reject(net, chain, net.rebody(good, w, transactions=[mint, *good.body.transactions]), "bad-rewards")
+    accept(net, chain, good)
+    assert chain.head_state.total == chain.supply
+
+
+# --- bad transactions ---------------------------------------------------------------
+
+
+def test_replayed_nonce(env):
+    net, chain, good, first = env
+    assert chain.block_at(1).body.transactions[0] == first
+    w = net.winner_of(good)
+    reject(net, chain, net.rebody(good, w, transactions=[first, *good.body.transactions]), "bad-transaction")
+    # the same transaction twice in one block
+    t = good.body.transactions[0]
+    reject(net, chain, net.rebody(good, w, transactions=[t, *good.body.transactions]), "bad-transaction")
+    accept(net, chain, good)
+
+
+def test_nonce_gap(env):
+    net, chain, good, _ = env
+    u = net.users[1]
+    t = make_transaction(u, net.users[2].account, 5, chain.nonce(u.account) + 1)
+    reject(net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]),
+           "bad-transaction")
+
+
+def test_overdraft(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    u = net.users[2]
+    bal = chain.balance(u.account)
+    t = make_transaction(u, net.users[1].account, bal + 1, chain.nonce(u.account))
+    reject(net, chain, net.rebody(good, w, transactions=[t, *good.body.transactions]), "bad-transaction")
+    exact = make_transaction(u, net.users[1].account, bal, chain.nonce(u.account))
+    accept(net, chain, net.rebody(good, w, transactions=[exact, *good.body.transactions]))
+    assert chain.balance(u.account) == 50  # emptied, then paid 50 by the block's next transfer
+
+
+def test_server_cannot_pay_payout(net):
+    # a server without funds cannot settle: the payout overdraws it
+    poor = net.ident(99)
+    chain = Chain(net.genesis())
+    task = net.task("t1", server=poor)
+    user_tx = [make_transaction(net.users[0], net.users[1].account, 1, 0)]
+    with pytest.raises(InvalidInput):
+        net.block(chain, task, txs=user_tx)
+    ok = net.block(chain, net.task("t1", server=net.server), txs=user_tx)
+    w = net.winner_of(ok)
+    payout = Transaction(sender=poor.account, recipient=w.account, amount=900, nonce=0, kind="payout", memo="t1")
+    bad = net.rebody(ok, None, task=task, fix_merkle=False)
+    txs = list(bad.body.transactions)
+    txs[1] = payout
+    bad = net.rebody(bad, w, transactions=txs)
+    bad = net.reheader(bad, w, task_hash=task.task_hash)
+    reject(net, chain, bad, "bad-transaction")
+
+
+def test_bad_tx_signature(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    txs = list(good.body.transactions)
+    txs[0] = txs[0].model_copy(update={"signature": flip_hex(txs[0].signature, 3)})
+    bad = net.rebody(good, None, transactions=txs, fix_merkle=False)
+    assert bad.hash == good.hash  # the header is untouched ...
+    reject(net, chain, bad, "bad-merkle-root")  # ... but its Merkle root commits to every signature
+    reject(net, chain, net.rebody(good, w, transactions=txs), "bad-transaction")  # re-committed and re-signed
+    txs = list(good.body.transactions)
+    user, payout, rewards = settlement(good)
+    i = len(user) + 1
+    txs[i] = txs[i].model_copy(update={"signature": net.miners[3].sign(txs[i].signing_payload())})
+    reject(net, chain, net.rebody(good, w, transactions=txs), "bad-transaction")  # reward signed by another key
+    accept(net, chain, good)
+
+
+def test_self_transfer(env):
+    net, chain, good, _ = env
+    u = net.users[1]
+    t = make_transaction(u, u.account, 5, chain.nonce(u.account))
+    reject(net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]),
+           "bad-transaction")
+
+
+def test_payout_carries_no_signature(env):
+    # transactions.py: a payout "carries no signature of its own". The Merkle leaves
+    # cover signatures, so a signature added in transit breaks the Merkle root; a winner
+    # who commits to one anyway gets bad-rewards.
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    user, payout, rewards = settlement(good)
+    marked = payout.model_copy(update={"signature": "ab" * 64})
+    assert marked.txid == payout.txid and marked.wtxid != payout.wtxid
+    bad = net.rebody(good, None, transactions=[*user, marked, *rewards], fix_merkle=False)
+    assert bad.hash == good.hash and bad.body != good.body
+    reject(net, chain, bad, "bad-merkle-root")
+    reject(net, chain, net.rebody(good, w, transactions=[*user, marked, *rewards]), "bad-rewards")
+
+
+# --- condition 3: stale blocks ---------------------------------------------------------
+
+
+def test_stale_block_equal_height_loses_tie_break(env):
+    net, chain, good, _ = env
+    rival = net.block(chain, winner=2)
+    small, large = sorted([good, rival], key=lambda b: b.hash)
+    accept(net, chain, small)
+    err = reject(net, chain, large, "stale-block")
+    assert isinstance(err, StaleBlock)
+    assert chain.head == small.hash
+
+
+def test_stale_block_lower_height(env):
+    net, chain, good, _ = env
+    accept(net, chain, good)
+    parent = chain.block_at(2)
+    # a valid block on an older parent, at height 3 while the head is at 4
+    side = Chain(net.genesis())
+    side.add_chain(chain.main_chain()[1:3], now=net.NOW)
+    assert side.head == parent.hash
+    old = net.block(side, winner=3)
+    side.add_block(old, now=net.NOW)  # valid for a node that is behind
+    reject(net, chain, old, "stale-block")
+    with pytest.raises(StaleBlock):
+        chain.add_chain([old], now=net.NOW)
+    assert chain.head == good.hash
+
+
+def test_known_block_is_idempotent(env):
+    net, chain, good, _ = env
+    accept(net, chain, good)
+    before = net.snapshot(chain)
+    assert chain.add_block(good, now=net.NOW).status == "known"
+    assert net.snapshot(chain) == before
+
+
+# --- task funding (deposits embedded in the task) ---------------------------------------
+
+
+def funded_task(net, chain, task_id="t4", amount=5_000):
+    dep = make_transaction(net.requester, net.server.account, amount, chain.nonce(net.requester.account),
+                           "deposit", task_id)
+    h = chain.height + 1
+    return net.task(task_id, published_at=net.T0 + 1_000 * h, funding=[dep]), dep
+
+
+def test_funding_deposit_is_mined_with_the_task(env):
+    net, chain, _, _ = env
+    task, dep = funded_task(net, chain)
+    blk = net.block(chain, task, winner=1)  # build_block puts the deposit in the body
+    assert blk.body.transactions[0] == dep
+    server_before = chain.balance(net.server.account)
+    accept(net, chain, blk)
+    assert chain.balance(net.server.account) == server_before + 5_000 - 900
+    assert dep.txid in chain.head_state.deposits
+
+
+def test_unfunded_task(env):
+    net, chain, _, _ = env
+    task, dep = funded_task(net, chain)
+    blk = net.block(chain, task, winner=1)
+    w = net.winner_of(blk)
+    reject(net, chain, net.rebody(blk, w, transactions=blk.body.transactions[1:]), "unfunded-task")
+    accept(net, chain, blk)
+
+
+def test_funding_confirmed_earlier_on_branch(env):
+    net, chain, _, _ = env
+    task, dep = funded_task(net, chain, "t5")
+    first = net.block(chain, winner=1, txs=[dep])
+    accept(net, chain, first)
+    blk = net.block(chain, task, winner=2, txs=[dep])  # not repeated
+    assert dep not in blk.body.transactions
+    accept(net, chain, blk)
+    assert chain.balance(net.requester.account) == 50_000 - 5_000
+
+
+def test_funding_must_be_deposits(net):
+    t = make_transaction(net.requester, net.server.account, 5, 0, "transfer")
+    with pytest.raises(InvalidInput):
+        net.task("t1", funding=[t])
