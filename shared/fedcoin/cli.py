@@ -138,5 +138,149 @@ def simulate(
         )
 
 
+testnet = typer.Typer(help="Set up a network's shared files.")
+app.add_typer(testnet, name="testnet")
+
+
+@testnet.command("init")
+def testnet_init(
+    directory: Path = typer.Argument(..., help="where to write requester.key and genesis.json"),
+    difficulty: float = typer.Option(5e-2, help="initial difficulty D"),
+) -> None:
+    """Create the requester's key and a genesis that funds it (idempotent)."""
+    from .network import init_testnet
+
+    try:
+        out = init_testnet(directory, initial_difficulty=difficulty)
+    except FedcoinError as exc:
+        _fail(exc)
+    console.print_json(data=out)
+
+
+ROLES = ("miner", "server", "client", "requester")
+
+
+@app.command()
+def serve(
+    role: str = typer.Argument(..., help="miner | server | client | requester"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000, min=1, max=65535),
+) -> None:
+    """Run one service (configured by FEDCOIN_* environment variables) under uvicorn."""
+    import os
+    import sys
+
+    if role not in ROLES:
+        _fail(FedcoinError(f"role must be one of {', '.join(ROLES)}"))
+    os.environ.setdefault("FEDCOIN_PORT", str(port))
+    os.execvp(sys.executable, [sys.executable, "-m", "uvicorn", f"services.{role}.app:create_app", "--factory",
+                               "--host", host, "--port", str(port)])
+
+
+@app.command()
+def demo(
+    miners: int = typer.Option(4, min=2, max=16),
+    client_types: str = typer.Option("0-9", help="quality types of the clients, one client each"),
+    budget: int = typer.Option(1_000_000, min=1, help="V in base units"),
+    rounds: int = typer.Option(1, min=1, max=20),
+    base_port: int = typer.Option(8000, min=1024, max=60000, help="requester port; server +1, client +2, miners +101.."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help="node state (default: a new temporary directory)"),
+    dataset: str = typer.Option("fashion-mnist"),
+    data_dir: Optional[Path] = typer.Option(None, help="directory of MNIST-format IDX files"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write a summary here"),
+    serve_after: bool = typer.Option(False, "--serve", help="keep the network running after the task"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
+    difficulty: float = typer.Option(5e-2, help="initial difficulty D of a new network"),
+) -> None:
+    """Run the whole network as local processes, one paid training task end to end."""
+    import tempfile
+    import time
+
+    import httpx
+
+    from .network import LocalNetwork, plan_network, wait_for_agreement, wait_for_task
+
+    base = directory or Path(tempfile.mkdtemp(prefix="fedcoin-demo-"))
+    specs = plan_network(base, miners=miners, client_types=client_types, base_port=base_port, budget=budget,
+                         rounds=rounds, dataset=dataset, dataset_dir=str(data_dir) if data_dir else None,
+                         initial_difficulty=difficulty)
+    console.print(f"[bold]FedCoin demo[/bold]: {miners} miners, clients of types {client_types}, V = {budget}; state in {base}")
+    t0 = time.time()
+    with LocalNetwork(base, specs) as net:
+        try:
+            net.start_all()
+            net.wait_healthy(timeout=180)
+            console.print(f"all {len(specs)} services healthy after {time.time() - t0:.1f} s")
+            server = net.url("server")
+            last: dict = {}
+
+            def progress(doc) -> None:  # noqa: ANN001
+                if doc is None:
+                    return
+                key = (doc["status"], len(doc.get("round_results", [])), bool(doc.get("pending_round")))
+                if key != last.get("key"):
+                    last["key"] = key
+                    console.print(f"  [{time.time() - t0:6.1f} s] task {doc['task_id']}: {doc['status']}, "
+                                  f"{len(doc.get('round_results', []))}/{doc['rounds']} rounds settled"
+                                  + (", Shapley task published, miners racing" if doc.get("pending_round") else ""))
+
+            doc = wait_for_task(server, "default", timeout=timeout, on_progress=progress)
+            head = wait_for_agreement(net.miner_urls, doc["round_results"][-1]["block_height"])
+            with httpx.Client(timeout=10) as http:
+                chain_rows = http.get(f"{net.miner_urls[0]}/chain").json()
+                bal = http.get(f"{net.miner_urls[0]}/balances").json()
+                client_info = http.get(f"{net.url('client')}/clients").json()
+        except FedcoinError as exc:
+            console.print(f"[red]demo failed:[/red] {exc}; logs in {base / 'logs'}")
+            raise typer.Exit(1)
+        types = {c["account"]: c["client_type"] for c in client_info}
+        console.print(f"task done in {time.time() - t0:.1f} s; all {miners} miners agree on head {head['hash'][:16]} at height {head['height']}")
+        table = Table(title="chain")
+        for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
+            table.add_column(col)
+        for row in chain_rows:
+            table.add_row(str(row["height"]), row["hash"][:16], row["winner"][:12], row["task_id"], f"{row['difficulty']:.3g}",
+                          str(row["iterations"]), str(row["transactions"]))
+        console.print(table)
+        shapley_out = []
+        for res in doc["round_results"]:
+            paid = {p["to"]: p["amount"] for p in res["payments"].get("reward", [])}
+            t = Table(title=f"round {res['round']}: block {res['block_height']}, winner {res['winner'][:12]}, "
+                            f"validation accuracy {res['metrics'].get('accuracy', float('nan')):.3f}")
+            for col in ("client", "type", "Shapley S̄", "paid"):
+                t.add_column(col, justify="right")
+            order = sorted(range(len(res["clients"])), key=lambda i: types.get(res["clients"][i], 99))
+            for i in order:
+                acct = res["clients"][i]
+                t.add_row(acct[:12], str(types.get(acct, "?")), f"{res['shapley'][i]:+.5f}", str(paid.get(acct, 0)))
+                shapley_out.append({"round": res["round"], "client": acct, "type": types.get(acct), "shapley": res["shapley"][i],
+                                    "paid": paid.get(acct, 0)})
+            console.print(t)
+        console.print(f"supply {sum(bal['balances'].values())} = genesis {bal['supply']}")
+        if json_out is not None:
+            json_out.write_text(json.dumps({
+                "miners": net.miner_urls,
+                "server": server,
+                "requester": net.url("requester"),
+                "client_node": net.url("client"),
+                "head": head,
+                "task": {k: doc[k] for k in ("task_id", "budget", "rounds", "prices", "status")},
+                "rounds": doc["round_results"],
+                "shapley": shapley_out,
+                "payments": {r["round"]: r["payments"] for r in doc["round_results"]},
+                "balances": bal["balances"],
+                "supply": bal["supply"],
+                "client_types": types,
+                "seconds": time.time() - t0,
+            }, indent=2))
+        if serve_after:
+            console.print("network running (Ctrl-C stops it): " + ", ".join(f"{n} {s.url}" for n, s in net.specs.items()))
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+
+
 if __name__ == "__main__":
     app()

@@ -356,8 +356,8 @@ def local_train(
     X: torch.Tensor,
     y: torch.Tensor,
     iterations: int = 20,
-    batch_size: int = 50,
-    lr: float = 0.1,
+    batch_size: int = 64,
+    lr: float = 0.2,
     seed: int = 0,
 ) -> tuple[Update, int]:
     """One client's local round: ``iterations`` minibatch SGD steps from ``global_weights``.
@@ -385,17 +385,18 @@ def local_train(
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
     pos = 0
-    for _ in range(iterations):
-        if pos + batch_size > n and pos > 0:
-            order = torch.randperm(n, generator=gen)
-            pos = 0
-        idx = order[pos : pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(forward(params, X[idx]), y[idx])
-        grads = torch.autograd.grad(loss, list(params.values()))
-        with torch.no_grad():
-            for p, g in zip(params.values(), grads):
-                p.sub_(g, alpha=lr)
+    with torch.enable_grad():  # also works when the caller disabled autograd
+        for _ in range(iterations):
+            if pos + batch_size > n and pos > 0:
+                order = torch.randperm(n, generator=gen)
+                pos = 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            loss = F.cross_entropy(forward(params, X[idx]), y[idx])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            with torch.no_grad():
+                for p, g in zip(params.values(), grads):
+                    p.sub_(g, alpha=lr)
     return {k: v.detach().clone() for k, v in params.items()}, n
 
 
@@ -517,8 +518,8 @@ def run_fedavg(
     rounds: int = 1,
     hidden: Sequence[int] = DEFAULT_HIDDEN,
     iterations: int = 20,
-    batch_size: int = 50,
-    lr: float = 0.1,
+    batch_size: int = 64,
+    lr: float = 0.2,
     seed: int = 0,
     global_weights: Mapping[str, torch.Tensor] | None = None,
     X_val: torch.Tensor | None = None,
