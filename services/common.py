@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from fedcoin.blocks import GenesisConfig
 from fedcoin.errors import FedcoinError, InvalidBlock, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock
@@ -63,6 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
         elif isinstance(exc, (InvalidBlock, InvalidTransaction)):
             status = 422
         return JSONResponse(status_code=status, content=error_body(exc))
+
+    @app.exception_handler(ValidationError)
+    async def _validation_error(request: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422,
+            content={"error": "ValidationError", "reason": "malformed", "detail": exc.errors(include_url=False, include_context=False)},
+        )
 
 
 async def post_json(client: httpx.AsyncClient, url: str, body: Any, retries: int = 2) -> httpx.Response | None:

@@ -28,28 +28,13 @@ from fedcoin.errors import InvalidInput, InvalidSignature
 from fedcoin.fl import local_train, partition_by_type
 from fedcoin.identity import Identity
 from fedcoin.messages import SignedMessage
+from fedcoin.network import parse_types
 from fedcoin.schemas import ClientRegistration, TrainOrder, UpdateReceipt
 from fedcoin.taskdata import pack_weights, unpack_weights
 
 from ..common import configure_logging, data_dir, env, env_list, get_json
 
 log = logging.getLogger("fedcoin.client")
-
-
-def parse_types(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    if not out or any(t < 0 for t in out):
-        raise ValueError(f"FEDCOIN_CLIENT_TYPES must list non-negative types, got {spec!r}")
-    return out
 
 
 @dataclass

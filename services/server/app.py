@@ -5,7 +5,9 @@ Environment: FEDCOIN_GENESIS, FEDCOIN_DATA_DIR, FEDCOIN_KEY, FEDCOIN_MINERS (min
 URLs), FEDCOIN_ADVERTISE_URL (this server's URL as miners and clients reach it),
 FEDCOIN_DATASET / FEDCOIN_DATASET_DIR (validation data), FEDCOIN_VAL_SIZE (1000),
 FEDCOIN_HIDDEN ("200"), FEDCOIN_LOCAL_ITERATIONS (20), FEDCOIN_LR, FEDCOIN_BATCH_SIZE,
-FEDCOIN_METRIC (neg_loss), FEDCOIN_EMPTY_VALUE (0), FEDCOIN_MIN_CLIENTS,
+FEDCOIN_METRIC (neg_loss or accuracy), FEDCOIN_EMPTY_VALUE ("global", the default: v(∅) is
+the metric of the round's starting global model, so the clients' Shapley values add up to the
+round's improvement; or a number, e.g. 0 as in the paper), FEDCOIN_MIN_CLIENTS,
 FEDCOIN_CLIENT_WAIT (seconds to wait for registrations).
 """
 
@@ -64,7 +66,7 @@ class FLServer:
         self.lr = float(env("LR", "0.1"))
         self.batch_size = int(env("BATCH_SIZE", "64"))
         self.metric = env("METRIC", "neg_loss")
-        self.empty_value = float(env("EMPTY_VALUE", "0"))
+        self.empty_value = env("EMPTY_VALUE", "global")  # a number, or "global": F of the round's starting model
         self.min_clients = int(env("MIN_CLIENTS", "1"))
         self.client_wait = float(env("CLIENT_WAIT", "120"))
         self.settle_timeout = float(env("SETTLE_TIMEOUT", "1800"))
@@ -245,8 +247,7 @@ class FLServer:
             self._save(doc)
             log.info("task %s accepted (deposit %s)", tid, state)
         X_val, y_val = self.validation()
-        clients = doc.get("clients") or self._wait_for_clients(stop)
-        doc["clients"] = clients
+        self._wait_for_clients(stop)
         rounds = doc["rounds"]
         prices = doc["prices"]
         if doc.get("global_hash"):
@@ -261,6 +262,7 @@ class FLServer:
             stid = f"{tid}:r{r}"
             pending = doc.get("pending_round")
             if pending is None or pending["round"] != r:
+                clients = self.docs.list("clients")  # every client registered by now takes part in this round
                 order_base = dict(task_id=stid, round=r, global_uri=f"{self.url}/blobs/{doc['global_hash']}", global_hash=doc["global_hash"],
                                   iterations=self.iterations, batch_size=self.batch_size, lr=self.lr)
                 with ThreadPoolExecutor(max_workers=8) as pool:
@@ -287,7 +289,7 @@ class FLServer:
                     sap_price=_per_round(prices["sap"], rounds, r),
                     published_at=int(time.time() * 1000),
                     metric=self.metric,
-                    empty_value=self.empty_value,
+                    empty_value=self._empty_value(current, X_val, y_val),
                     content_hash=content_hash,
                     content_uri=f"{self.url}/blobs/{content_hash}",
                     funding=[] if deposit_confirmed else [Transaction.from_dict(doc["deposit"])],
@@ -336,6 +338,12 @@ class FLServer:
         doc["model_hash"] = doc["global_hash"]
         doc["finished_at"] = time.time()
         self._save(doc)
+
+    def _empty_value(self, start: dict[str, torch.Tensor], X_val: torch.Tensor, y_val: torch.Tensor) -> float:
+        if self.empty_value != "global":
+            return float(self.empty_value)
+        m = evaluate(start, X_val, y_val)
+        return -m["loss"] if self.metric == "neg_loss" else m["accuracy"]
 
     def _wait_settled(self, http: httpx.Client, stid: str, stop: threading.Event) -> dict | None:
         deadline = time.time() + self.settle_timeout

@@ -31,15 +31,15 @@ genesis hashes and never accept each other's blocks.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .encoding import ZERO_HASH, is_hex, sha256_hex, tagged
-from .errors import InvalidInput
+from .encoding import ZERO_HASH, sha256_hex, tagged
 from .identity import check_account
 from .merkle import merkle_root
-from .tasks import TASK_ID_RE, ShapleyTask
+from .model import AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
+from .tasks import ShapleyTask
 from .transactions import MAX_AMOUNT, MINT_ACCOUNT, Transaction
 
 HEADER_DOMAIN = "fedcoin/header/v1"
@@ -53,59 +53,21 @@ def body_merkle_root(transactions: list[Transaction]) -> str:
     return merkle_root([tx.wtxid for tx in transactions])
 
 
-def _finite_vector(v: list[float]) -> list[float]:
-    for x in v:
-        if not math.isfinite(x):
-            raise ValueError("Shapley vectors must hold finite numbers")
-    return v
-
-
-class BlockHeader(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class BlockHeader(LedgerModel):
+    what: ClassVar[str] = "block header"
 
     height: int = Field(ge=0)
-    prev_hash: str
+    prev_hash: Sha256Hex
     timestamp: int = Field(ge=0)
-    winner: str
-    s_avg: list[float]
-    s_winner: list[float]
-    difficulty: float = Field(gt=0)
-    merkle_root: str
-    task_id: str
-    task_hash: str
+    winner: AccountId
+    s_avg: list[FiniteFloat]
+    s_winner: list[FiniteFloat]
+    difficulty: FiniteFloat = Field(gt=0)
+    merkle_root: Sha256Hex
+    task_id: TaskId
+    task_hash: Sha256Hex
     iterations: int = Field(ge=0)
     signature: str = ""
-
-    @field_validator("prev_hash", "merkle_root", "task_hash")
-    @classmethod
-    def _hash(cls, v: str) -> str:
-        if not is_hex(v, 64):
-            raise ValueError("must be a SHA-256 hex digest (64 lowercase hex characters)")
-        return v
-
-    @field_validator("winner")
-    @classmethod
-    def _winner(cls, v: str) -> str:
-        return check_account(v, "winner")
-
-    @field_validator("s_avg", "s_winner")
-    @classmethod
-    def _vec(cls, v: list[float]) -> list[float]:
-        return _finite_vector(v)
-
-    @field_validator("difficulty")
-    @classmethod
-    def _difficulty(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("difficulty must be finite")
-        return v
-
-    @field_validator("task_id")
-    @classmethod
-    def _task_id(cls, v: str) -> str:
-        if not TASK_ID_RE.fullmatch(v):
-            raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        return v
 
     def signing_payload(self) -> bytes:
         return tagged(HEADER_DOMAIN, self.model_dump(exclude={"signature"}))
@@ -115,15 +77,15 @@ class BlockHeader(BaseModel):
         return sha256_hex(self.signing_payload())
 
 
-class BlockBody(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class BlockBody(LedgerModel):
+    what: ClassVar[str] = "block body"
 
     task: ShapleyTask | None = None
     transactions: list[Transaction] = Field(default_factory=list, max_length=MAX_TRANSACTIONS)
 
 
-class Block(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class Block(LedgerModel):
+    what: ClassVar[str] = "block"
 
     header: BlockHeader
     body: BlockBody
@@ -136,31 +98,14 @@ class Block(BaseModel):
     def height(self) -> int:
         return self.header.height
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
     def to_json(self) -> str:
         return self.model_dump_json()
 
-    @classmethod
-    def from_dict(cls, data: Any) -> "Block":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed block: {exc}") from exc
 
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "Block":
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed block: {exc}") from exc
-
-
-class ChainParams(BaseModel):
+class ChainParams(LedgerModel):
     """Consensus parameters, fixed at genesis."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    what: ClassVar[str] = "chain parameters"
 
     chain_id: str = Field(default="fedcoin-local", min_length=1, max_length=64)
     p: float = Field(default=2.0, ge=1.0, le=64.0, description="the p of the p-norm distance (paper: 2)")
@@ -187,10 +132,10 @@ class ChainParams(BaseModel):
         return sha256_hex(tagged(PARAMS_DOMAIN, self.model_dump()))
 
 
-class GenesisConfig(BaseModel):
+class GenesisConfig(LedgerModel):
     """Initial allocations and chain parameters; the genesis block derives from it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    what: ClassVar[str] = "genesis configuration"
 
     params: ChainParams = Field(default_factory=ChainParams)
     allocations: dict[str, int] = Field(default_factory=dict)
@@ -206,13 +151,6 @@ class GenesisConfig(BaseModel):
         if sum(v.values()) > MAX_AMOUNT:
             raise ValueError("total allocation exceeds 2^63 - 1 base units")
         return v
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "GenesisConfig":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed genesis configuration: {exc}") from exc
 
     def block(self) -> Block:
         txs = [

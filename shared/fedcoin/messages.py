@@ -15,31 +15,27 @@ the timestamp (default ±10 minutes) and returns the payload.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 
 from .encoding import tagged
 from .errors import InvalidInput, InvalidSignature
-from .identity import Identity, check_account, verify_signature
+from .identity import Identity, verify_signature
+from .model import AccountId, LedgerModel
 
 MESSAGE_DOMAIN = "fedcoin/msg/v1"
 DEFAULT_MAX_SKEW_MS = 10 * 60 * 1000
 
 
-class SignedMessage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class SignedMessage(LedgerModel):
+    what: ClassVar[str] = "signed message"
 
     kind: str = Field(min_length=1, max_length=64)
-    sender: str
+    sender: AccountId
     payload: dict[str, Any]
     timestamp: int = Field(ge=0)
     signature: str
-
-    @field_validator("sender")
-    @classmethod
-    def _sender(cls, v: str) -> str:
-        return check_account(v, "sender")
 
     def signing_payload(self) -> bytes:
         return tagged(MESSAGE_DOMAIN, self.model_dump(exclude={"signature"}))
@@ -49,13 +45,6 @@ class SignedMessage(BaseModel):
         ts = int(time.time() * 1000) if timestamp is None else timestamp
         unsigned = cls(kind=kind, sender=identity.account, payload=payload, timestamp=ts, signature="")
         return unsigned.model_copy(update={"signature": identity.sign(unsigned.signing_payload())})
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "SignedMessage":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed signed message: {exc}") from exc
 
     def open(self, kind: str, *, sender: str | None = None, max_skew_ms: int | None = DEFAULT_MAX_SKEW_MS, now: int | None = None) -> dict[str, Any]:
         """Verify and return the payload; raise InvalidSignature / InvalidInput otherwise."""

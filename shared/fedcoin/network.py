@@ -53,6 +53,26 @@ def init_testnet(directory: str | Path, *, initial_difficulty: float = 5e-2, fun
             "genesis_hash": genesis.block().hash}
 
 
+def parse_types(spec: str) -> list[int]:
+    """Client quality types from "0-9", "0,3,5" or "0-9,0-9" (one logical client per entry)."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError as exc:
+        raise InvalidInput(f"client types must look like 0-9 or 0,3,5, got {spec!r}") from exc
+    if not out or any(t < 0 for t in out):
+        raise InvalidInput(f"client types must list non-negative types, got {spec!r}")
+    return out
+
+
 @dataclass
 class NodeSpec:
     name: str
@@ -68,18 +88,24 @@ class NodeSpec:
 def plan_network(directory: Path, *, miners: int = 4, client_types: str = "0-9", base_port: int = 8000,
                  budget: int = 1_000_000, rounds: int = 1, default_task: bool = True, dataset: str = "fashion-mnist",
                  dataset_dir: str | None = None, extra_env: dict[str, str] | None = None,
-                 initial_difficulty: float = 5e-2) -> list[NodeSpec]:
-    """Ports: requester base, server base+1, client base+2, miners base+101...; as in docker-compose."""
+                 initial_difficulty: float = 5e-2, target_block_ms: int = 30_000,
+                 retarget_window: int = 10) -> list[NodeSpec]:
+    """Ports: requester base, server base+1, client base+2, miners base+101...; as in docker-compose.
+
+    ``initial_difficulty``, ``target_block_ms`` and ``retarget_window`` go to a new
+    network's genesis (:func:`init_testnet`); a huge ``retarget_window`` keeps D fixed.
+    """
     if not 1 <= miners <= 64:
         raise InvalidInput("between 1 and 64 miners")
-    net = init_testnet(directory, initial_difficulty=initial_difficulty)
+    net = init_testnet(directory, initial_difficulty=initial_difficulty, target_block_ms=target_block_ms,
+                       retarget_window=retarget_window)
     miner_urls = [f"http://127.0.0.1:{base_port + 101 + i}" for i in range(miners)]
     common = {"FEDCOIN_GENESIS": net["genesis"], "FEDCOIN_MINERS": ",".join(miner_urls), "FEDCOIN_DATASET": dataset,
               "FEDCOIN_SERVER_URL": f"http://127.0.0.1:{base_port + 1}", **(extra_env or {})}
     if dataset_dir:
         common["FEDCOIN_DATASET_DIR"] = str(dataset_dir)
     specs = [NodeSpec(f"miner{i + 1}", "miner", base_port + 101 + i, {"FEDCOIN_PEERS": ",".join(miner_urls)}) for i in range(miners)]
-    specs.append(NodeSpec("server", "server", base_port + 1))
+    specs.append(NodeSpec("server", "server", base_port + 1, {"FEDCOIN_MIN_CLIENTS": str(len(parse_types(client_types)))}))
     specs.append(NodeSpec("client", "client", base_port + 2, {"FEDCOIN_CLIENT_TYPES": client_types}))
     specs.append(NodeSpec("requester", "requester", base_port, {
         "FEDCOIN_KEY": net["requester_key"], "FEDCOIN_DEFAULT_TASK": "on" if default_task else "off",

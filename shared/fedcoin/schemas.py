@@ -11,8 +11,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .identity import check_account
-from .tasks import TASK_ID_RE
+from .model import AccountId, Sha256Hex, TaskId
 from .transactions import MAX_AMOUNT, Transaction
 
 TRAINING_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -54,34 +53,23 @@ class TrainOrder(_Payload):
     """Server → client: train locally from the global model at ``global_uri``."""
 
     KIND: ClassVar[str] = "train-order"
-    task_id: str
+    task_id: TaskId
     round: int = Field(ge=0)
-    client: str
+    client: AccountId
     global_uri: str
-    global_hash: str
+    global_hash: Sha256Hex
     iterations: int = Field(default=20, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     lr: float = Field(default=0.1, gt=0, le=10)
     seed: int = Field(default=0, ge=0)
 
-    @field_validator("client")
-    @classmethod
-    def _client(cls, v: str) -> str:
-        return check_account(v, "client")
-
-    @field_validator("task_id")
-    @classmethod
-    def _tid(cls, v: str) -> str:
-        if not TASK_ID_RE.fullmatch(v):
-            raise ValueError("bad task id")
-        return v
 
 
 class UpdateReceipt(_Payload):
     """Client → server: the signed statement that the attached update is this client's."""
 
     KIND: ClassVar[str] = "update"
-    task_id: str
+    task_id: TaskId
     round: int = Field(ge=0)
     n_samples: int = Field(ge=1)
-    update_hash: str
+    update_hash: Sha256Hex

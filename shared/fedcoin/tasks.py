@@ -17,26 +17,24 @@ settles it (the ``payout`` transaction). Task hash = SHA-256 of
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from .encoding import is_hex, sha256_hex, tagged
-from .errors import InvalidInput
+from .encoding import sha256_hex, tagged
 from .identity import Identity, check_account, verify_signature
+from .model import TASK_ID_RE, AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
 from .transactions import MAX_AMOUNT, Transaction
 
 TASK_DOMAIN = "fedcoin/task/v1"
-TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_CLIENTS = 4096
 
 
-class ShapleyTask(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class ShapleyTask(LedgerModel):
+    what: ClassVar[str] = "Shapley task"
 
-    task_id: str
-    server: str
+    task_id: TaskId
+    server: AccountId
     round: int = Field(ge=0)
     clients: list[str] = Field(min_length=1, max_length=MAX_CLIENTS)
     train_price: int = Field(ge=0, le=MAX_AMOUNT)
@@ -44,23 +42,11 @@ class ShapleyTask(BaseModel):
     published_at: int = Field(ge=0, description="milliseconds since the Unix epoch")
     aggregation: str = Field(default="fedavg", max_length=64)
     metric: str = Field(default="neg_loss", max_length=64)
-    empty_value: float = 0.0
-    content_hash: str
+    empty_value: FiniteFloat = 0.0
+    content_hash: Sha256Hex
     content_uri: str = Field(default="", max_length=512)
     funding: list[Transaction] = Field(default_factory=list, max_length=16)
     signature: str = ""
-
-    @field_validator("task_id")
-    @classmethod
-    def _task_id(cls, v: str) -> str:
-        if not TASK_ID_RE.fullmatch(v):
-            raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        return v
-
-    @field_validator("server")
-    @classmethod
-    def _server(cls, v: str) -> str:
-        return check_account(v, "server")
 
     @field_validator("clients")
     @classmethod
@@ -69,13 +55,6 @@ class ShapleyTask(BaseModel):
             check_account(c, "client")
         if len(set(v)) != len(v):
             raise ValueError("client accounts must be distinct")
-        return v
-
-    @field_validator("content_hash")
-    @classmethod
-    def _content_hash(cls, v: str) -> str:
-        if not is_hex(v, 64):
-            raise ValueError("content_hash must be a SHA-256 hex digest")
         return v
 
     @field_validator("funding")
@@ -100,15 +79,6 @@ class ShapleyTask(BaseModel):
     def verify_signature(self) -> None:
         verify_signature(self.server, self.signing_payload(), self.signature)
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "ShapleyTask":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed Shapley task: {exc}") from exc
 
 
 def make_task(server: Identity, **fields: Any) -> ShapleyTask:

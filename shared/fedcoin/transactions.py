@@ -34,13 +34,14 @@ equal the number of signed transactions the sender already has on the chain.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from .encoding import ZERO_HASH, sha256_hex, tagged
 from .errors import InvalidInput
-from .identity import Identity, check_account, verify_signature
+from .identity import Identity, verify_signature
+from .model import AccountId, LedgerModel
 
 TX_DOMAIN = "fedcoin/tx/v1"
 WTX_DOMAIN = "fedcoin/wtx/v1"
@@ -54,22 +55,16 @@ TxKind = Literal["transfer", "deposit", "reward", "payout", "genesis"]
 _MEMO_RE = re.compile(r"[\x20-\x7e]*")
 
 
-class Transaction(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class Transaction(LedgerModel):
+    what: ClassVar[str] = "transaction"
 
-    sender: str
-    recipient: str
+    sender: AccountId
+    recipient: AccountId
     amount: int = Field(gt=0, le=MAX_AMOUNT)
     nonce: int = Field(ge=0, le=MAX_AMOUNT)
     kind: TxKind = "transfer"
     memo: str = Field(default="", max_length=MAX_MEMO)
     signature: str = ""
-
-    @field_validator("sender", "recipient")
-    @classmethod
-    def _account(cls, v: str) -> str:
-        check_account(v)
-        return v
 
     @field_validator("memo")
     @classmethod
@@ -93,16 +88,6 @@ class Transaction(BaseModel):
     def wtxid(self) -> str:
         """Hash of the whole transaction, signature included: the Merkle leaf."""
         return sha256_hex(tagged(WTX_DOMAIN, self.model_dump()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Transaction":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"malformed transaction: {exc}") from exc
 
     # --- signatures -------------------------------------------------------
     def verify_signature(self) -> None:

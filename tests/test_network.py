@@ -1,0 +1,155 @@
+"""Integration: the whole FedCoin network as local processes (what `fedcoin demo` runs).
+
+One module-scoped network (4 miners, 10 clients of types 0..9, server, requester) runs the
+requester's default task end to end while one miner is down; the tests then check
+agreement, Algorithm 3's payments for the block's S̄, conservation, the restarted miner's
+catch-up, and that bad input on every endpoint gets a 4xx with a reason and changes nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+
+from fedcoin.blocks import Block
+from fedcoin.identity import Identity
+from fedcoin.messages import SignedMessage
+from fedcoin.network import LocalNetwork, plan_network, wait_for_agreement, wait_for_task
+from fedcoin.payments import reward_allocation
+from fedcoin.transactions import make_transaction
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+BASE_PORT = 18400
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    d = tmp_path_factory.mktemp("net")
+    specs = plan_network(d, miners=4, client_types="0-9", base_port=BASE_PORT, budget=1_000_000, rounds=1,
+                         initial_difficulty=0.1)
+    net = LocalNetwork(d, specs)
+    try:
+        # miner4 stays down while the task runs: an unreachable miner must block nobody
+        net.start_all([n for n in net.specs if n != "miner4"])
+        net.wait_healthy([n for n in net.specs if n != "miner4"], timeout=180)
+        t0 = time.time()
+        doc = wait_for_task(net.url("server"), "default", timeout=600)
+        print(f"default task done in {time.time() - t0:.1f} s")
+        yield net, doc
+    finally:
+        net.stop_all()
+
+
+def _get(url: str):
+    r = httpx.get(url, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_task_settles_and_live_miners_agree(network):
+    net, doc = network
+    live = [u for n, u in ((n, s.url) for n, s in net.specs.items() if s.role == "miner") if n != "miner4"]
+    res = doc["round_results"][0]
+    head = wait_for_agreement(live, res["block_height"])
+    assert head["height"] >= 1
+    assert doc["status"] == "done" and len(doc["round_results"]) == 1
+
+
+def test_payments_follow_algorithm_3(network):
+    net, doc = network
+    res = doc["round_results"][0]
+    block = Block.from_dict(_get(f"{net.url('miner1')}/blocks/{res['block_height']}"))
+    task = block.body.task
+    assert task.task_id == "default:r0" and block.header.s_avg == res["shapley"]
+    expected = [(task.clients[i], amt) for i, amt in reward_allocation(block.header.s_avg, task.train_price)]
+    rewards = [(t.recipient, t.amount) for t in block.body.transactions if t.kind == "reward"]
+    assert rewards == expected and rewards
+    assert sum(a for _, a in rewards) == task.train_price  # some S_i > 0, so clients get all of TrainPrice
+    payout = [t for t in block.body.transactions if t.kind == "payout"]
+    assert len(payout) == 1 and payout[0].amount == task.train_price + task.sap_price
+    assert payout[0].recipient == block.header.winner
+    # the deposit that funds the task is confirmed at or before the block that pays
+    dep = _get(f"{net.url('miner1')}/transactions/{task.funding[0].txid if task.funding else doc['deposit_txid']}")
+    assert dep["status"] == "confirmed" and dep["height"] <= block.height
+    # V split 7:1:2 for one round
+    assert (task.train_price, task.sap_price) == (700_000, 200_000)
+
+
+def test_balances_conserved_and_paid(network):
+    net, doc = network
+    bal = _get(f"{net.url('miner2')}/balances")
+    assert sum(bal["balances"].values()) == bal["supply"]
+    res = doc["round_results"][0]
+    for p in res["payments"]["reward"]:
+        got = _get(f"{net.url('miner3')}/balances/{p['to']}")
+        assert got["balance"] >= p["amount"] > 0
+    server = _get(f"{net.url('server')}/health")["account"]
+    assert bal["balances"][server] == 1_000_000 - 700_000 - 200_000  # ComPrice stays with the server
+
+
+def test_down_miner_restarts_and_catches_up(network):
+    net, doc = network
+    net.start("miner4")
+    net.wait_healthy(["miner4"], timeout=120)
+    head = wait_for_agreement(net.miner_urls, doc["round_results"][0]["block_height"], timeout=60)
+    # kill -9 and restart: the chain is reloaded from its SQLite file, not from peers
+    h4 = _get(f"{net.url('miner4')}/chain/head")
+    net.stop("miner4", sig=signal.SIGKILL)
+    net.specs["miner4"].env["FEDCOIN_PEERS"] = ""  # no peers this time: the head can only come from disk
+    net.start("miner4")
+    net.wait_healthy(["miner4"], timeout=120)
+    assert _get(f"{net.url('miner4')}/chain/head")["hash"] == h4["hash"] == head["hash"]
+
+
+def test_bad_input_gets_4xx_and_changes_nothing(network):
+    net, doc = network
+    m = net.url("miner1")
+    before = _get(f"{m}/chain/head")
+    bal_before = _get(f"{m}/balances")
+    block = _get(f"{m}/blocks/1")
+    with httpx.Client(timeout=10) as http:
+        def check(r, codes=(400, 401, 404, 409, 422)):
+            assert r.status_code in codes, (r.status_code, r.text)
+            assert r.status_code < 500
+            return r
+
+        check(http.post(f"{m}/blocks", content=b"not json", headers={"content-type": "application/json"}))
+        check(http.post(f"{m}/blocks", json={"header": {}, "body": {}}))
+        tampered = {**block, "header": {**block["header"], "s_avg": [x + 1.0 for x in block["header"]["s_avg"]]}}
+        r = check(http.post(f"{m}/blocks", json=tampered))
+        assert "reason" in r.json() or "detail" in r.json()
+        # a block at the head's height that loses the tie-break, or re-posting a known one
+        r = http.post(f"{m}/blocks", json=block)
+        assert r.status_code == 200 and r.json()["status"] == "known"
+        stranger = Identity.generate()
+        tx = make_transaction(stranger, Identity.generate().account, 5, 0)
+        r = check(http.post(f"{m}/transactions", json=tx.to_dict()))
+        assert r.json()["reason"] == "insufficient-balance"
+        forged = {**tx.to_dict(), "amount": 6}
+        assert check(http.post(f"{m}/transactions", json=forged)).json()["reason"] == "bad-signature"
+        check(http.post(f"{m}/transactions", json={"amount": -1}))
+        check(http.get(f"{m}/balances/not-an-account"))
+        check(http.get(f"{m}/blocks/999999"))
+        check(http.post(f"{m}/reports", json={"kind": "posap-report"}))
+        msg = SignedMessage.create(stranger, "posap-report", {"task_id": "x"})
+        check(http.post(f"{m}/reports", json={**msg.model_dump(), "payload": {"task_id": "y"}}))
+        check(http.post(f"{m}/tasks", json={"task_id": "t"}))
+        s = net.url("server")
+        check(http.post(f"{s}/tasks", json={"nope": 1}))
+        check(http.post(f"{s}/tasks", json=SignedMessage.create(stranger, "training-request", {"task_id": "z"}).model_dump()))
+        check(http.get(f"{s}/tasks/unknown"))
+        check(http.post(f"{s}/clients", json=SignedMessage.create(stranger, "client-registration", {"url": "ftp://x", "n_samples": 1, "client_type": 0}).model_dump()))
+        check(http.post(f"{s}/clients", json=SignedMessage.create(stranger, "client-registration", {"url": "http://x", "n_samples": 0, "client_type": 0}).model_dump()))
+        c = net.url("client")
+        order = {"task_id": "t:r0", "round": 0, "client": stranger.account, "global_uri": "http://x", "global_hash": "0" * 64}
+        check(http.post(f"{c}/train", json=SignedMessage.create(stranger, "train-order", order).model_dump()))  # not the server
+        check(http.post(f"{c}/train", json={"kind": "train-order"}))
+        rq = net.url("requester")
+        check(http.post(f"{rq}/tasks", json={"budget": 0}))
+        check(http.post(f"{rq}/tasks", json={"budget": 10**30}))
+    assert _get(f"{m}/chain/head") == before
+    assert _get(f"{m}/balances") == bal_before
