@@ -45,6 +45,11 @@ HTTP_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 TRAIN_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 
 
+def _client_seed(task_id: str, account: str) -> int:
+    """Each client's local SGD seed, distinct per client and round, reproducible from the task."""
+    return int(sha256_hex(f"{task_id}/{account}".encode())[:8], 16)
+
+
 def _per_round(total: int, rounds: int, r: int) -> int:
     """Equal shares per round; the remainder goes to the last round."""
     base = total // rounds
@@ -186,13 +191,17 @@ class FLServer:
         return None
 
     def _miner_post_all(self, http: httpx.Client, path: str, body: Any) -> list[httpx.Response]:
-        out = []
-        for m in self.miners:
+        """POST to every miner at once, so that all of them start on a task together."""
+
+        def post(m: str) -> httpx.Response | None:
             try:
-                out.append(http.post(f"{m}{path}", json=body, timeout=HTTP_TIMEOUT))
+                return http.post(f"{m}{path}", json=body, timeout=HTTP_TIMEOUT)
             except httpx.HTTPError as exc:
                 log.warning("miner %s unreachable: %s", m, exc)
-        return out
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.miners))) as pool:
+            return [r for r in pool.map(post, self.miners) if r is not None]
 
     def _deposit_state(self, http: httpx.Client, doc: dict) -> str:
         info = self._miner_get(http, f"/transactions/{doc['deposit_txid']}")
@@ -266,7 +275,7 @@ class FLServer:
                 order_base = dict(task_id=stid, round=r, global_uri=f"{self.url}/blobs/{doc['global_hash']}", global_hash=doc["global_hash"],
                                   iterations=self.iterations, batch_size=self.batch_size, lr=self.lr)
                 with ThreadPoolExecutor(max_workers=8) as pool:
-                    results = list(pool.map(lambda c: self._train_client(http, c, TrainOrder(client=c["account"], seed=r, **order_base)), clients))
+                    results = list(pool.map(lambda c: self._train_client(http, c, TrainOrder(client=c["account"], seed=_client_seed(stid, c["account"]), **order_base)), clients))
                 got = [x for x in results if x is not None]
                 if not got:
                     raise InvalidInput(f"round {r}: no client returned a valid update")

@@ -293,7 +293,7 @@ class MinerNode:
                     "task_id": w.task.task_id,
                     "iterations": w.posap.iterations,
                     "peers": len(w.posap.peer_reports),
-                    "distance": w.posap.distance(),
+                    "distance": w.posap.distance() if w.posap.peer_reports else None,
                     "difficulty": w.posap.difficulty,
                 },
                 **self.stats,
