@@ -102,3 +102,5 @@ async def get_json(client: httpx.AsyncClient, url: str, retries: int = 1) -> Any
 
 def configure_logging() -> None:
     logging.basicConfig(level=env("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

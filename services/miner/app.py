@@ -67,6 +67,30 @@ def create_app() -> FastAPI:
         client: httpx.AsyncClient = state["http"]
         await asyncio.gather(*(post_json(client, f"{p}{path}", body, retries=1) for p in peers if p != exclude))
 
+    # PoSap reports are superseded by the next one, so each peer gets only the latest, and at
+    # most one report per peer is in flight: a slow peer can never build up a queue.
+    latest_report: dict[str, Any] = {}
+    reports_in_flight: set[str] = set()
+
+    async def _drain_reports(peer: str) -> None:
+        try:
+            while (body := latest_report.pop(peer, None)) is not None:
+                await post_json(state["gossip"], f"{peer}/reports", body, retries=0)
+        finally:
+            reports_in_flight.discard(peer)
+
+    def _queue_report(body: dict) -> None:  # runs on the event loop
+        for peer in peers:
+            latest_report[peer] = body
+            if peer not in reports_in_flight:
+                reports_in_flight.add(peer)
+                asyncio.ensure_future(_drain_reports(peer))
+
+    def _send_report(msg: SignedMessage) -> None:  # called from the mining thread
+        loop = state.get("loop")
+        if loop is not None:
+            loop.call_soon_threadsafe(_queue_report, msg.model_dump())
+
     node = MinerNode(
         identity,
         chain,
@@ -74,13 +98,13 @@ def create_app() -> FastAPI:
         _marginals_factory(env("DEVICE")),
         batch=int(env("BATCH", "4")),
         report_interval=float(env("REPORT_INTERVAL", "0.25")),
-        broadcast_report=lambda msg: _schedule(broadcast("/reports", msg.model_dump())),
+        broadcast_report=_send_report,
         broadcast_block=lambda block: _schedule(broadcast("/blocks", block.to_dict())),
     )
 
     async def sync_once() -> None:
         """Poll peers' heads; adopt any branch that beats ours (catch-up after a restart or a partition)."""
-        client: httpx.AsyncClient = state["http"]
+        client: httpx.AsyncClient = state["sync"]
         for peer in peers:
             head = await get_json(client, f"{peer}/chain/head")
             if not head:
@@ -122,7 +146,10 @@ def create_app() -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["loop"] = asyncio.get_running_loop()
-        state["http"] = httpx.AsyncClient()
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        state["http"] = httpx.AsyncClient(limits=limits)  # blocks, transactions, tasks, content
+        state["gossip"] = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(3.0, connect=1.0))  # PoSap reports
+        state["sync"] = httpx.AsyncClient(limits=limits)  # head polling and catch-up, never starved by gossip
         stop = threading.Event()
         worker = threading.Thread(target=node.run, args=(stop,), name="posap", daemon=True)
         worker.start()
@@ -133,7 +160,8 @@ def create_app() -> FastAPI:
             syncer.cancel()
             stop.set()
             worker.join(timeout=10)
-            await state["http"].aclose()
+            for name in ("http", "gossip", "sync"):
+                await state[name].aclose()
             chain.close()
 
     app = FastAPI(title="FedCoin miner", version="0.1.0", lifespan=lifespan)

@@ -319,6 +319,7 @@ class FLServer:
             settled = self._wait_settled(http, stid, stop)
             if settled is None:
                 return
+            settled = self._wait_agreement(http, stid, settled)
             block = self._miner_get(http, f"/blocks/{settled['height']}")
             payments = {}
             for tx in (block or {}).get("body", {}).get("transactions", []):
@@ -353,6 +354,27 @@ class FLServer:
             return float(self.empty_value)
         m = evaluate(start, X_val, y_val)
         return -m["loss"] if self.metric == "neg_loss" else m["accuracy"]
+
+    def _wait_agreement(self, http: httpx.Client, stid: str, first: dict, timeout: float = 60.0) -> dict:
+        """Wait until every reachable miner settles ``stid`` in the same block, so the record
+        names the block the network kept (a competing block may win the tie-break first)."""
+        deadline = time.time() + timeout
+        while True:
+            answers = []
+            for m in self.miners:
+                try:
+                    r = http.get(f"{m}/tasks/{stid}", timeout=HTTP_TIMEOUT)
+                    if r.status_code == 200:
+                        answers.append(r.json())
+                except httpx.HTTPError:
+                    continue
+            blocks = {a.get("block_hash") for a in answers}
+            if answers and len(blocks) == 1 and all(a.get("settled") for a in answers):
+                return answers[0]
+            if time.time() > deadline:
+                log.warning("miners still disagree on the block settling %s; recording the first seen", stid)
+                return answers[0] if answers and answers[0].get("settled") else first
+            time.sleep(1.0)
 
     def _wait_settled(self, http: httpx.Client, stid: str, stop: threading.Event) -> dict | None:
         deadline = time.time() + self.settle_timeout

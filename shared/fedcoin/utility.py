@@ -86,7 +86,7 @@ def _metric_values(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.
     target = y.view(1, M).expand(P, M)
     if metric == "neg_loss":
         losses = F.cross_entropy(logits, target, reduction="none")  # (P, M)
-        return losses.double().mean(dim=1).neg_()
+        return losses.mean(dim=1, dtype=torch.float64).neg_()
     return (logits.argmax(dim=1) == target).double().mean(dim=1)
 
 
