@@ -209,7 +209,29 @@ class _Problem:
 # --------------------------------------------------------------------------- naive reference
 
 
-class NaiveUtility:
+class _UtilityBase:
+    """What both evaluators expose about their game."""
+
+    _p: _Problem
+
+    @property
+    def n_players(self) -> int:
+        return self._p.K
+
+    @property
+    def empty_value(self) -> float:
+        return self._p.empty_value
+
+    @property
+    def metric(self) -> str:
+        return self._p.metric
+
+    @property
+    def device(self) -> torch.device:
+        return self._p.device
+
+
+class NaiveUtility(_UtilityBase):
     """Reference coalition utility: FedAvg the coalition from scratch, then evaluate.
 
     ``NaiveUtility(updates, n_samples, X_val, y_val, metric="neg_loss",
@@ -243,22 +265,6 @@ class NaiveUtility:
         self._updates = [{k: v.detach().to(dev, torch.float32) for k, v in u.items()} for u in updates]
         self.evaluations = 0
 
-    @property
-    def n_players(self) -> int:
-        return self._p.K
-
-    @property
-    def empty_value(self) -> float:
-        return self._p.empty_value
-
-    @property
-    def metric(self) -> str:
-        return self._p.metric
-
-    @property
-    def device(self) -> torch.device:
-        return self._p.device
-
     @torch.no_grad()
     def __call__(self, coalition: Iterable[int]) -> float:
         members = _check_coalition(coalition, self._p.K)
@@ -283,7 +289,7 @@ class NaiveUtility:
 # --------------------------------------------------------------------------- fast engine
 
 
-class ShapleyEngine:
+class ShapleyEngine(_UtilityBase):
     """Batched evaluation of all prefixes of a permutation (see the module docstring).
 
     ``ShapleyEngine(updates, n_samples, X_val, y_val, metric="neg_loss",
@@ -375,22 +381,6 @@ class ShapleyEngine:
         self.later_block_limit = 2**21
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def n_players(self) -> int:
-        return self._p.K
-
-    @property
-    def empty_value(self) -> float:
-        return self._p.empty_value
-
-    @property
-    def metric(self) -> str:
-        return self._p.metric
-
-    @property
-    def device(self) -> torch.device:
-        return self._p.device
 
     @property
     def workspace_bytes(self) -> int:
