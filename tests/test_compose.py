@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from fedcoin.blocks import Block, GenesisConfig
+from fedcoin.network import wait_for_task
 from fedcoin.payments import reward_allocation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -172,29 +173,21 @@ def http():
 @pytest.fixture(scope="module")
 def task_doc(testbed: ComposeTestbed, http: httpx.Client) -> dict:
     """The server's document of the requester's default task, once it is done."""
-    deadline = time.time() + TASK_DEADLINE
-    last = None
-    while True:
-        doc = None
-        try:
-            r = http.get(f"{SERVER}/tasks/default")
-            if r.status_code == 200:
-                doc = r.json()
-        except httpx.HTTPError:
-            pass
-        if doc is not None:
-            state = (doc["status"], len(doc["round_results"]))
-            if state != last:
-                last = state
-                testbed.say(f"  +{time.time() - testbed.t_up:6.1f} s  default task {doc['status']}, "
-                            f"{len(doc['round_results'])}/{doc['rounds']} rounds settled")
-            if doc["status"] == "done":
-                testbed.timings["default task"] = time.time() - testbed.t_up
-                testbed.say(f"default task done {testbed.timings['default task']:.1f} s after the testbed was healthy")
-                return doc
-            assert doc["status"] != "failed", f"default task failed: {doc.get('error')}"
-        assert time.time() < deadline, f"default task not done after {TASK_DEADLINE:.0f} s: {doc and doc['status']}"
-        time.sleep(1.0)
+    last: dict = {}
+
+    def progress(doc: dict | None) -> None:
+        if doc is None:
+            return
+        state = (doc["status"], len(doc["round_results"]))
+        if state != last.get("state"):
+            last["state"] = state
+            testbed.say(f"  +{time.time() - testbed.t_up:6.1f} s  default task {doc['status']}, "
+                        f"{len(doc['round_results'])}/{doc['rounds']} rounds settled")
+
+    doc = wait_for_task(SERVER, "default", timeout=TASK_DEADLINE, on_progress=progress)
+    testbed.timings["default task"] = time.time() - testbed.t_up
+    testbed.say(f"default task done {testbed.timings['default task']:.1f} s after the testbed was healthy")
+    return doc
 
 
 def test_default_task_done(task_doc: dict) -> None:
