@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from fedcoin.blocks import GenesisConfig
+from fedcoin.identity import Identity
 from fedcoin.errors import FedcoinError, InvalidBlock, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock
 
 log = logging.getLogger("fedcoin.services")
@@ -98,6 +99,16 @@ async def get_json(client: httpx.AsyncClient, url: str, retries: int = 1) -> Any
                 return None
             await asyncio.sleep(0.2 * (attempt + 1))
     return None
+
+
+def start_node(role: str) -> tuple[Path, Identity]:
+    """What every service does first: logging, torch threads, its state directory and key."""
+    configure_logging()
+    import torch
+
+    torch.set_num_threads(int(env("TORCH_THREADS", "1")))
+    ddir = data_dir(role)
+    return ddir, Identity.load_or_create(env("KEY", str(ddir / f"{role}.key")))
 
 
 def configure_logging() -> None:

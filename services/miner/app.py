@@ -16,14 +16,13 @@ import threading
 from typing import Any
 
 import httpx
-import torch
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 
 from fedcoin.blocks import Block
 from fedcoin.encoding import sha256_hex
 from fedcoin.errors import InvalidInput, OrphanBlock
-from fedcoin.identity import Identity, is_account
+from fedcoin.identity import is_account
 from fedcoin.ledger import Chain
 from fedcoin.messages import SignedMessage
 from fedcoin.miner import MinerNode
@@ -31,7 +30,7 @@ from fedcoin.taskdata import engine_for, unpack_task_content
 from fedcoin.tasks import ShapleyTask
 from fedcoin.transactions import Transaction
 
-from ..common import configure_logging, data_dir, env, env_list, get_json, install_error_handlers, load_genesis, post_json
+from ..common import start_node, env, env_list, get_json, install_error_handlers, load_genesis, post_json
 
 log = logging.getLogger("fedcoin.miner.service")
 MAX_BLOCKS_PER_PAGE = 100
@@ -47,10 +46,7 @@ def _marginals_factory(device: str | None):
 
 
 def create_app() -> FastAPI:
-    configure_logging()
-    torch.set_num_threads(int(env("TORCH_THREADS", "1")))
-    ddir = data_dir("miner")
-    identity = Identity.load_or_create(env("KEY", str(ddir / "miner.key")))
+    ddir, identity = start_node("miner")
     genesis = load_genesis()
     chain = Chain.open(ddir / "chain.sqlite", genesis)
     peers = env_list("PEERS")

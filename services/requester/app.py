@@ -21,13 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedcoin.encoding import sha256_hex
 from fedcoin.errors import InvalidInput
-from fedcoin.identity import Identity
 from fedcoin.messages import SignedMessage
 from fedcoin.schemas import TrainingRequest
 from fedcoin.store import DocStore, connect
 from fedcoin.transactions import MAX_AMOUNT, make_transaction
 
-from ..common import configure_logging, data_dir, env, env_list, get_json, install_error_handlers
+from ..common import start_node, env, env_list, get_json, install_error_handlers
 
 log = logging.getLogger("fedcoin.requester")
 
@@ -41,9 +40,7 @@ class NewTask(BaseModel):
 
 
 def create_app() -> FastAPI:
-    configure_logging()
-    ddir = data_dir("requester")
-    identity = Identity.load_or_create(env("KEY", str(ddir / "requester.key")))
+    ddir, identity = start_node("requester")
     docs = DocStore(conn=connect(ddir / "requester.sqlite"))
     server_url = (env("SERVER_URL", "http://127.0.0.1:8001") or "").rstrip("/")
     miners = env_list("MINERS")

@@ -37,8 +37,9 @@ from fedcoin.schemas import ClientRegistration, TrainingRequest, TrainOrder, Upd
 from fedcoin.store import DocStore, connect
 from fedcoin.taskdata import pack_task_content, pack_weights, unpack_weights
 from fedcoin.tasks import make_task
+from fedcoin.transactions import Transaction
 
-from ..common import configure_logging, data_dir, env, env_list, install_error_handlers, load_genesis
+from ..common import start_node, env, env_list, install_error_handlers, load_genesis
 
 log = logging.getLogger("fedcoin.server")
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
@@ -287,8 +288,6 @@ class FLServer:
                 content = pack_task_content(updates, ns, X_val, y_val, current)
                 content_hash = self.put_blob(content)
                 deposit_confirmed = self._deposit_state(http, doc) == "confirmed"
-                from fedcoin.transactions import Transaction
-
                 task = make_task(
                     self.identity,
                     task_id=stid,
@@ -389,10 +388,7 @@ class FLServer:
 
 
 def create_app() -> FastAPI:
-    configure_logging()
-    torch.set_num_threads(int(env("TORCH_THREADS", "1")))
-    ddir = data_dir("server")
-    identity = Identity.load_or_create(env("KEY", str(ddir / "server.key")))
+    ddir, identity = start_node("server")
     load_genesis()  # fail fast on a missing or malformed genesis
     server = FLServer(identity, ddir, env_list("MINERS"), env("ADVERTISE_URL", "http://127.0.0.1:8001"))
 

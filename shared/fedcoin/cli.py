@@ -102,9 +102,9 @@ def simulate(
 
     qualities = [1.0 - 2.0 * i / (clients - 1) for i in range(clients)]  # from 1 (best) to -1 (worst)
     game = quality_game(qualities)
-    requester, server, miner_ids, client_ids, chains, task, deposit = demo_setup(clients, miners, budget, difficulty)
+    _requester, _server, miner_ids, client_ids, chains, task, _deposit = demo_setup(clients, miners, budget, difficulty)
     try:
-        result = race(chains, miner_ids, task, marginals_from_utility(game, clients), gossip_every=gossip_every, transactions=[deposit])
+        result = race(chains, miner_ids, task, marginals_from_utility(game, clients), gossip_every=gossip_every)  # the task carries the deposit
     except FedcoinError as exc:
         _fail(exc)
     exact = exact_shapley(clients, game)

@@ -58,8 +58,8 @@ from pathlib import Path
 
 from .blocks import Block, BlockBody, BlockHeader, ChainParams, GenesisConfig, body_merkle_root
 from .difficulty import next_difficulty
-from .errors import InvalidBlock, InvalidInput, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock
-from .identity import Identity
+from .errors import InvalidBlock, InvalidInput, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock, StoreError
+from .identity import Identity, verify_signature
 from .payments import reward_allocation
 from .posap import p_distance
 from .tasks import ShapleyTask
@@ -190,8 +190,6 @@ def verify_block(
     if body_merkle_root(body.transactions) != h.merkle_root:
         raise InvalidBlock("bad-merkle-root", "merkle root does not match the body's transactions")
     try:
-        from .identity import verify_signature
-
         verify_signature(h.winner, h.signing_payload(), h.signature)
     except InvalidSignature as exc:
         raise InvalidBlock("bad-signature", f"header not signed by the winner: {exc}") from exc
@@ -284,15 +282,11 @@ class Chain:
                 self._blocks[b.hash] = b
             if head is not None and head != g.hash:
                 if head not in self._blocks:
-                    from .errors import StoreError
-
                     raise StoreError(f"stored head {head[:16]} is not among the stored blocks")
                 try:
                     self._main = self._branch_hashes(head)
                     head_state = self._replay(self._main)
                 except (KeyError, InvalidBlock) as exc:
-                    from .errors import StoreError
-
                     raise StoreError(f"stored chain is inconsistent: {exc}") from exc
         self._head_state = head_state
         self._remember(self.head, head_state)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .encoding import is_hex, tagged
 from .errors import InvalidInput
+from .shapley import RunningMean, marginals_for_permutation
 
 SEED_DOMAIN = "fedcoin/posap-seed/v1"
 MarginalFn = Callable[[Sequence[int]], Sequence[float]]
@@ -127,8 +128,6 @@ def weighted_average(reports: Iterable[Report]) -> np.ndarray:
 
 def marginals_from_utility(utility: Callable[[frozenset[int]], float], n_players: int) -> MarginalFn:
     """Adapt a coalition utility into a per-permutation marginal function."""
-    from .shapley import marginals_for_permutation
-
     v_empty = float(utility(frozenset()))
 
     def fn(permutation: Sequence[int]) -> np.ndarray:
@@ -178,26 +177,25 @@ class PoSapMiner:
         self.p = p
         self.min_peers = min_peers
         self._marginals = marginals
-        self._mean = np.zeros(n_players, dtype=np.float64)
-        self.iterations = 0
+        self._running = RunningMean(n_players)
         self._peers: dict[str, Report] = {}
 
     @property
+    def iterations(self) -> int:
+        return self._running.count
+
+    @property
     def shapley(self) -> np.ndarray:
-        return self._mean.copy()
+        return self._running.mean
 
     def report(self) -> Report:
-        return Report(tuple(float(x) for x in self._mean), self.iterations)
+        return Report(tuple(float(x) for x in self._running.mean), self.iterations)
 
     def step(self, count: int = 1) -> Report:
         """Run ``count`` iterations (lines 4–12) and return the report to broadcast."""
         for _ in range(count):
             perm = derive_permutation(self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players)
-            st = np.asarray(self._marginals(perm), dtype=np.float64)
-            if st.shape != (self.n_players,) or not np.isfinite(st).all():
-                raise InvalidInput(f"marginal function returned {st.shape} / non-finite values for {self.n_players} players")
-            self.iterations += 1
-            self._mean += (st - self._mean) / self.iterations
+            self._running.update(self._marginals(perm))  # line 11; rejects a wrong length or non-finite values
         return self.report()
 
     def receive(self, peer: str, report: Report) -> None:
@@ -228,7 +226,7 @@ class PoSapMiner:
         avg = self.network_average()
         if avg is None or self.iterations == 0:
             return None
-        return p_distance(self._mean, avg, self.p)
+        return p_distance(self._running.mean, avg, self.p)
 
     def is_winner(self) -> bool:
         """Line 17: ‖S − S̄‖_p ≤ D, with at least ``min_peers`` peers heard from."""

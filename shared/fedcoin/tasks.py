@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 
 from .encoding import sha256_hex, tagged
 from .identity import Identity, check_account, verify_signature
-from .model import TASK_ID_RE, AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
+from .model import AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
 from .transactions import MAX_AMOUNT, Transaction
 
 TASK_DOMAIN = "fedcoin/task/v1"
