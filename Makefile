@@ -10,7 +10,7 @@ setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch inc
 $(BIN)/fedcoin: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,paper,testbed]'
 	@touch $@
 
 datasets: ## the offline default dataset (Debian's dataset-fashion-mnist), where apt is available

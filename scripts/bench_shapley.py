@@ -51,8 +51,11 @@ import time
 import numpy as np
 import torch
 
-from fedcoin import data, fl
-from fedcoin.utility import NaiveUtility, ShapleyEngine, random_permutations
+from fedcoin.fl import data
+from fedcoin.fl import model as fl_model, partition as fl_partition, training as fl_training
+from fedcoin.valuation.engine import ShapleyEngine
+from fedcoin.valuation.naive import NaiveUtility
+from fedcoin.valuation.sampling import random_permutations
 
 
 def parse_args(argv=None):
@@ -125,25 +128,25 @@ def setup(args):
     ds = data.load_dataset(args.dataset, args.data_dir)
     Xtr, ytr = ds.train_tensors()
     Xte, yte = ds.test_tensors()
-    part = fl.partition_by_type(
+    part = fl_partition.partition_by_type(
         ds.train_labels, args.clients, args.types, args.samples_per_client, seed=args.seed
     )
     clients = [(Xtr[ix], ytr[ix]) for ix in part.indices]
     Xv, yv = Xte[: args.val], yte[: args.val]
-    g0 = fl.init_weights(tuple(args.hidden), seed=args.seed)
+    g0 = fl_model.init_weights(tuple(args.hidden), seed=args.seed)
     t1 = time.perf_counter()
-    hist = fl.run_fedavg(
+    hist = fl_training.run_fedavg(
         clients, rounds=1, iterations=args.iterations, seed=args.seed, global_weights=g0, X_val=Xv, y_val=yv
     )
     t2 = time.perf_counter()
     rnd = hist.rounds[0]
-    ref = fl.label_distribution(ds.train_labels)
+    ref = fl_partition.label_distribution(ds.train_labels)
     emd_by_type = {}
     for j in range(args.types):
         members = [k for k in range(args.clients) if part.types[k] == j]
         if members:
             emd_by_type[j] = float(
-                np.mean([fl.emd(fl.label_distribution(ds.train_labels[part.indices[k]]), ref) for k in members])
+                np.mean([fl_partition.emd(fl_partition.label_distribution(ds.train_labels[part.indices[k]]), ref) for k in members])
             )
     info = {
         "dataset": args.dataset,
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
     # load can only lower a measurement).
     bw = max(bw_start, bw_end, key=lambda d: d["read_GBps"])
     bw = {**bw, "read_GBps_start": bw_start["read_GBps"], "read_GBps_end": bw_end["read_GBps"]}
-    bpp = engine.bytes_per_permutation()
+    bpp = engine.workspace_bytes  # every per-client tensor is read once per permutation
     H = [updates[0][f"layers.{i}.weight"].shape[0] for i in range(len(updates[0]) // 2)]
     M = int(Xv.shape[0])
     dims = [updates[0]["layers.0.weight"].shape[1]] + H

@@ -1,117 +1,92 @@
-"""What every service shares: settings from the environment, error mapping, peer HTTP."""
+"""What every FastAPI service shares: one error shape, the settings check at start, docs from settings.
+
+Every error answer, the library's and FastAPI's own (unknown route, malformed
+body), has the body ``{"error": <type>, "reason": <code>, "detail": <text>}``;
+a rejected block or transaction carries its :class:`fedcoin.errors.Reason`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-from pathlib import Path
+import re
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedcoin.blocks import GenesisConfig
-from fedcoin.identity import Identity
-from fedcoin.errors import FedcoinError, InvalidBlock, InvalidSignature, InvalidTransaction, OrphanBlock, StaleBlock
+from fedcoin.errors import (
+    Category,
+    Conflict,
+    FedcoinError,
+    InvalidInput,
+    InvalidSignature,
+    NotFound,
+    Rejected,
+    Unavailable,
+)
+from fedcoin.node.settings import NodeSettings, describe
 
-log = logging.getLogger("fedcoin.services")
-
-PEER_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-
-
-def env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(f"FEDCOIN_{name}")
-    return default if value is None or value == "" else value
-
-
-def env_list(name: str) -> list[str]:
-    raw = env(name, "") or ""
-    return [x.strip().rstrip("/") for x in raw.split(",") if x.strip()]
+HTTP_REASONS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 409: "conflict", 413: "too-large",
+                422: "malformed", 503: "unavailable"}
 
 
-def data_dir(role: str) -> Path:
-    path = Path(env("DATA_DIR", f".fedcoin/{role}"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
 
-def load_genesis() -> GenesisConfig:
-    path = env("GENESIS")
-    if path is None:
-        raise RuntimeError("FEDCOIN_GENESIS must name the network's genesis.json (see `fedcoin testnet init`)")
-    import json
-
-    return GenesisConfig.from_dict(json.loads(Path(path).read_text()))
+def error_response(status: int, error: str, reason: str, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "reason": reason, "detail": detail})
 
 
-def error_body(exc: FedcoinError) -> dict[str, Any]:
-    reason = getattr(exc, "reason", type(exc).__name__)
-    return {"error": type(exc).__name__, "reason": reason, "detail": str(exc)}
+def status_of(exc: FedcoinError) -> int:
+    if isinstance(exc, Rejected):
+        return 409 if exc.category in (Category.MISSING_PARENT, Category.STALE) else 422
+    for kind, status in ((InvalidSignature, 401), (NotFound, 404), (Conflict, 409), (Unavailable, 503), (InvalidInput, 400)):
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _validation_detail(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:10]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return "; ".join(parts) + more
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map library errors to 4xx answers with a reason (never a 5xx for bad input)."""
+    """Map every error to a 4xx/5xx answer of the one shape (never a bare 500 for bad input)."""
 
     @app.exception_handler(FedcoinError)
-    async def _fedcoin_error(request: Request, exc: FedcoinError) -> JSONResponse:
-        status = 400
-        if isinstance(exc, (OrphanBlock, StaleBlock)):
-            status = 409
-        elif isinstance(exc, InvalidSignature):
-            status = 401
-        elif isinstance(exc, (InvalidBlock, InvalidTransaction)):
-            status = 422
-        return JSONResponse(status_code=status, content=error_body(exc))
+    async def _fedcoin(request: Request, exc: FedcoinError) -> JSONResponse:
+        reason = str(exc.reason) if isinstance(exc, Rejected) else _kebab(type(exc).__name__)
+        return error_response(status_of(exc), type(exc).__name__, reason, str(exc))
 
     @app.exception_handler(ValidationError)
-    async def _validation_error(request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse(
-            status_code=422,
-            content={"error": "ValidationError", "reason": "malformed", "detail": exc.errors(include_url=False, include_context=False)},
-        )
+    async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(422, "ValidationError", "malformed", _validation_detail(exc.errors(include_url=False)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "ValidationError", "malformed", _validation_detail(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = HTTP_REASONS.get(exc.status_code, f"http-{exc.status_code}")
+        return error_response(exc.status_code, "HTTPException", reason, str(exc.detail))
 
 
-async def post_json(client: httpx.AsyncClient, url: str, body: Any, retries: int = 2) -> httpx.Response | None:
-    """POST with bounded timeouts and a few retries; None when the peer stays unreachable."""
-    for attempt in range(retries + 1):
-        try:
-            return await client.post(url, json=body, timeout=PEER_TIMEOUT)
-        except httpx.HTTPError as exc:
-            if attempt == retries:
-                log.debug("POST %s failed: %s", url, exc)
-                return None
-            await asyncio.sleep(0.2 * (attempt + 1))
-    return None
+def service_app(title: str, doc: str | None, settings_cls: type[NodeSettings], **kwargs: Any) -> FastAPI:
+    """A FastAPI app whose description is the service's docstring with its settings, and the error handlers."""
+    app = FastAPI(title=title, version="0.1.0", description=service_doc(doc, settings_cls), **kwargs)
+    install_error_handlers(app)
+    return app
 
 
-async def get_json(client: httpx.AsyncClient, url: str, retries: int = 1) -> Any | None:
-    for attempt in range(retries + 1):
-        try:
-            r = await client.get(url, timeout=PEER_TIMEOUT)
-            if r.status_code == 200:
-                return r.json()
-            return None
-        except (httpx.HTTPError, ValueError):
-            if attempt == retries:
-                return None
-            await asyncio.sleep(0.2 * (attempt + 1))
-    return None
-
-
-def start_node(role: str) -> tuple[Path, Identity]:
-    """What every service does first: logging, torch threads, its state directory and key."""
-    configure_logging()
-    import torch
-
-    torch.set_num_threads(int(env("TORCH_THREADS", "1")))
-    ddir = data_dir(role)
-    return ddir, Identity.load_or_create(env("KEY", str(ddir / f"{role}.key")))
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=env("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def service_doc(doc: str | None, settings_cls: type[NodeSettings]) -> str:
+    """A service's module docstring followed by the list of its settings (rendered from the model)."""
+    return f"{(doc or '').rstrip()}\n\n{describe(settings_cls)}\n"

@@ -1,14 +1,21 @@
-"""Shared fixtures for the ledger tests: deterministic identities and block builders."""
+"""Shared fixtures for the ledger tests (deterministic identities and block builders), and the
+check that every reject reason of the registry is raised by some test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from fedcoin.blocks import Block, ChainParams, GenesisConfig
-from fedcoin.identity import Identity
-from fedcoin.ledger import Chain, build_block
-from fedcoin.blocks import body_merkle_root
-from fedcoin.tasks import make_task
+from fedcoin.errors import Reason, Rejected
+
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.genesis import ChainParams, GenesisConfig
+from fedcoin.chain.identity import Identity
+from fedcoin.consensus.mining import build_block
+from fedcoin.ledger.chain import Chain
+from fedcoin.chain.blocks import body_merkle_root
+from fedcoin.chain.tasks import make_task
 
 T0 = 1_700_000_000_000  # a fixed "now" (ms) for deterministic timestamps
 NOW = T0 + 10**9
@@ -80,7 +87,7 @@ class Net:
     @staticmethod
     def snapshot(chain: Chain):
         """Everything a rejected block must leave untouched."""
-        store = chain._store
+        store = chain.store
         stored = None
         if store is not None:
             stored = (store.head, store.count())
@@ -97,3 +104,33 @@ def net() -> Net:
 @pytest.fixture
 def chain(net: Net) -> Chain:
     return Chain(net.genesis())
+
+
+# --- every reject reason is raised by some test ------------------------------------------
+RAISED_REASONS: set[Reason] = set()
+_rejected_init = Rejected.__init__
+
+
+def _recording_init(self: Rejected, reason: Reason | str, message: str) -> None:
+    _rejected_init(self, reason, message)
+    RAISED_REASONS.add(self.reason)
+
+
+Rejected.__init__ = _recording_init  # type: ignore[method-assign]
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    tests = Path(__file__).parent.resolve()
+    return not config.option.keyword and [Path(a).resolve() for a in config.args] == [tests]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run of the whole suite fails if some reason of :class:`fedcoin.errors.Reason` was never raised."""
+    if exitstatus != 0 or not _whole_suite(session.config):
+        return
+    missing = sorted(r.value for r in set(Reason) - RAISED_REASONS)
+    if missing:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"reject reasons no test raised: {', '.join(missing)}", red=True)

@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedcoin.blocks import Block, GenesisConfig
-from fedcoin.network import wait_for_task
-from fedcoin.payments import reward_allocation
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.genesis import GenesisConfig
+from fedcoin.devnet.watch import wait_for_task
+from fedcoin.consensus.payments import reward_allocation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

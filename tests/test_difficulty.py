@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.blocks import Block, BlockBody, BlockHeader, ChainParams
-from fedcoin.difficulty import is_retarget_height, mining_time_ms, next_difficulty
-from fedcoin.encoding import ZERO_HASH
+from fedcoin.chain.blocks import Block, BlockBody, BlockHeader
+from fedcoin.chain.genesis import ChainParams
+from fedcoin.consensus.difficulty import is_retarget_height, mining_time_ms, next_difficulty
+from fedcoin.chain.encoding import ZERO_HASH
 from fedcoin.errors import InvalidBlock
-from fedcoin.identity import Identity
-from fedcoin.ledger import Chain
-from fedcoin.tasks import make_task
+from fedcoin.chain.identity import Identity
+from fedcoin.ledger.chain import Chain
+from fedcoin.chain.tasks import make_task
 
 SERVER = Identity.from_seed(b"\x01" * 32)
 CLIENT = Identity.from_seed(b"\x02" * 32).account

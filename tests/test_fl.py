@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoin import data, fl
+from fedcoin.fl import data
+from fedcoin.fl import fedavg as fl_avg, model as fl_model, partition as fl_partition, training as fl_training
 from fedcoin.errors import InvalidInput
 
 FASHION = data.FASHION_MNIST_DIR
@@ -26,28 +27,28 @@ def fashion():
 
 
 def test_labels_for_type_rule():
-    assert [fl.labels_for_type(j, 10, 10) for j in range(10)] == list(range(10, 0, -1))
-    assert [fl.labels_for_type(j, 4, 10) for j in range(4)] == [10, 7, 4, 1]
-    assert fl.labels_for_type(0, 1, 10) == 10
-    assert [fl.labels_for_type(j, 3, 2) for j in range(3)] == [2, 2, 1]
+    assert [fl_partition.labels_for_type(j, 10, 10) for j in range(10)] == list(range(10, 0, -1))
+    assert [fl_partition.labels_for_type(j, 4, 10) for j in range(4)] == [10, 7, 4, 1]
+    assert fl_partition.labels_for_type(0, 1, 10) == 10
+    assert [fl_partition.labels_for_type(j, 3, 2) for j in range(3)] == [2, 2, 1]
     with pytest.raises(InvalidInput):
-        fl.labels_for_type(10, 10, 10)
+        fl_partition.labels_for_type(10, 10, 10)
 
 
 def test_assign_types():
-    t = fl.assign_types(100, 10)
+    t = fl_partition.assign_types(100, 10)
     assert np.array_equal(np.bincount(t), np.full(10, 10)) and t[0] == 0 and t[99] == 9
-    t = fl.assign_types(13, 10)
+    t = fl_partition.assign_types(13, 10)
     counts = np.bincount(t, minlength=10)
     assert counts.min() >= 1 and counts.max() <= 2 and counts.sum() == 13
     assert np.all(np.diff(t) >= 0)
-    assert fl.assign_types(5, 10).tolist() == [0, 2, 4, 6, 8]
+    assert fl_partition.assign_types(5, 10).tolist() == [0, 2, 4, 6, 8]
 
 
 @needs_fashion
 def test_partition_label_counts_per_type(fashion):
     _, _, labels = fashion
-    part = fl.partition_by_type(labels, num_clients=20, num_types=10, samples_per_client=100, seed=3)
+    part = fl_partition.partition_by_type(labels, num_clients=20, num_types=10, samples_per_client=100, seed=3)
     assert part.num_clients == 20 and part.types.tolist() == [j for j in range(10) for _ in range(2)]
     for k, ix in enumerate(part.indices):
         j = int(part.types[k])
@@ -62,9 +63,9 @@ def test_partition_label_counts_per_type(fashion):
 @needs_fashion
 def test_partition_deterministic_by_seed(fashion):
     _, _, labels = fashion
-    a = fl.partition_by_type(labels, 12, 5, 60, seed=7)
-    b = fl.partition_by_type(labels, 12, 5, 60, seed=7)
-    c = fl.partition_by_type(labels, 12, 5, 60, seed=8)
+    a = fl_partition.partition_by_type(labels, 12, 5, 60, seed=7)
+    b = fl_partition.partition_by_type(labels, 12, 5, 60, seed=7)
+    c = fl_partition.partition_by_type(labels, 12, 5, 60, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a.indices, b.indices))
     assert a.label_sets == b.label_sets
     assert any(not np.array_equal(x, y) for x, y in zip(a.indices, c.indices))
@@ -73,11 +74,11 @@ def test_partition_deterministic_by_seed(fashion):
 def test_partition_errors():
     labels = np.repeat(np.arange(10), 5)
     with pytest.raises(InvalidInput, match="only 5 exist"):
-        fl.partition_by_type(labels, 10, 10, samples_per_client=60)
+        fl_partition.partition_by_type(labels, 10, 10, samples_per_client=60)
     with pytest.raises(InvalidInput):
-        fl.partition_by_type(labels.astype(float), 10, 10, 10)
+        fl_partition.partition_by_type(labels.astype(float), 10, 10, 10)
     with pytest.raises(InvalidInput):
-        fl.partition_by_type(labels, 0, 10, 10)
+        fl_partition.partition_by_type(labels, 0, 10, 10)
 
 
 # --------------------------------------------------------------------------- EMD
@@ -88,18 +89,18 @@ def test_emd_definition_and_paper_types():
     for j in range(10):
         p = np.zeros(10)
         p[: 10 - j] = 1.0 / (10 - j)
-        assert fl.emd(p, uniform) == pytest.approx(2 * j / 10, abs=1e-12)  # = 10 x Table 2
-    assert fl.emd([1, 0], [0, 1]) == 2.0
+        assert fl_partition.emd(p, uniform) == pytest.approx(2 * j / 10, abs=1e-12)  # = 10 x Table 2
+    assert fl_partition.emd([1, 0], [0, 1]) == 2.0
     with pytest.raises(InvalidInput):
-        fl.emd([0.5, 0.5], [1.0])
+        fl_partition.emd([0.5, 0.5], [1.0])
 
 
 @needs_fashion
 def test_emd_increases_with_type(fashion):
     _, _, labels = fashion
-    part = fl.partition_by_type(labels, 10, 10, 300, seed=0)
-    ref = fl.label_distribution(labels)
-    e = [fl.emd(fl.label_distribution(labels[ix]), ref) for ix in part.indices]
+    part = fl_partition.partition_by_type(labels, 10, 10, 300, seed=0)
+    ref = fl_partition.label_distribution(labels)
+    e = [fl_partition.emd(fl_partition.label_distribution(labels[ix]), ref) for ix in part.indices]
     assert e[0] < 0.05  # the T0 client matches the data set up to its imbalance
     assert all(b > a for a, b in zip(e, e[1:]))
     assert e[9] == pytest.approx(1.8, abs=0.05)
@@ -109,8 +110,8 @@ def test_emd_increases_with_type(fashion):
 
 
 def test_mlp_shapes_and_forward_agree():
-    w = fl.init_weights((20, 7), in_features=12, num_classes=3, seed=1)
-    assert fl.weight_shapes(w) == {
+    w = fl_model.init_weights((20, 7), in_features=12, num_classes=3, seed=1)
+    assert fl_model.weight_shapes(w) == {
         "layers.0.weight": (20, 12),
         "layers.0.bias": (20,),
         "layers.1.weight": (7, 20),
@@ -120,10 +121,10 @@ def test_mlp_shapes_and_forward_agree():
     }
     assert all(v.dtype == torch.float32 for v in w.values())
     x = torch.randn(5, 12)
-    model = fl.model_from_weights(w)
-    assert torch.allclose(model(x), fl.forward(w, x), atol=1e-6)
-    assert torch.equal(fl.init_weights((20, 7), 12, 3, seed=1)["layers.1.weight"], w["layers.1.weight"])
-    default = fl.init_weights()
+    model = fl_model.model_from_weights(w)
+    assert torch.allclose(model(x), fl_model.forward(w, x), atol=1e-6)
+    assert torch.equal(fl_model.init_weights((20, 7), 12, 3, seed=1)["layers.1.weight"], w["layers.1.weight"])
+    default = fl_model.init_weights()
     assert default["layers.0.weight"].shape == (200, 784) and default["layers.1.weight"].shape == (10, 200)
 
 
@@ -131,35 +132,35 @@ def test_mlp_shapes_and_forward_agree():
 def test_local_train_deterministic_and_reduces_loss(fashion):
     X, y, _ = fashion
     Xk, yk = X[:600], y[:600]
-    g = fl.init_weights(seed=0)
+    g = fl_model.init_weights(seed=0)
     g_copy = {k: v.clone() for k, v in g.items()}
-    u1, n1 = fl.local_train(g, Xk, yk, iterations=20, seed=5)
-    u2, _ = fl.local_train(g, Xk, yk, iterations=20, seed=5)
-    u3, _ = fl.local_train(g, Xk, yk, iterations=20, seed=6)
+    u1, n1 = fl_training.local_train(g, Xk, yk, iterations=20, seed=5)
+    u2, _ = fl_training.local_train(g, Xk, yk, iterations=20, seed=5)
+    u3, _ = fl_training.local_train(g, Xk, yk, iterations=20, seed=6)
     assert n1 == 600
     assert set(u1) == set(g) and all(v.dtype == torch.float32 and v.device.type == "cpu" for v in u1.values())
     assert all(torch.equal(u1[k], u2[k]) for k in u1)
     assert any(not torch.equal(u1[k], u3[k]) for k in u1)
     assert all(torch.equal(g[k], g_copy[k]) for k in g)  # global weights untouched
     with torch.no_grad():  # local_train re-enables autograd for itself
-        u4, _ = fl.local_train(g, Xk, yk, iterations=20, seed=5)
+        u4, _ = fl_training.local_train(g, Xk, yk, iterations=20, seed=5)
     assert all(torch.equal(u1[k], u4[k]) for k in u1)
-    before = fl.evaluate(g, Xk, yk)["loss"]
-    after = fl.evaluate(u1, Xk, yk)["loss"]
+    before = fl_model.evaluate(g, Xk, yk)["loss"]
+    after = fl_model.evaluate(u1, Xk, yk)["loss"]
     assert after < before - 0.3
 
 
 def test_local_train_rejects_bad_input():
-    g = fl.init_weights((4,), in_features=6, num_classes=3)
+    g = fl_model.init_weights((4,), in_features=6, num_classes=3)
     X, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
     with pytest.raises(InvalidInput):
-        fl.local_train(g, torch.rand(10, 5), y)
+        fl_training.local_train(g, torch.rand(10, 5), y)
     with pytest.raises(InvalidInput):
-        fl.local_train(g, X, y, lr=float("nan"))
+        fl_training.local_train(g, X, y, lr=float("nan"))
     bad = dict(g)
     bad["layers.0.bias"] = torch.full((4,), float("nan"))
     with pytest.raises(InvalidInput):
-        fl.local_train(bad, X, y)
+        fl_training.local_train(bad, X, y)
 
 
 # --------------------------------------------------------------------------- FedAvg
@@ -174,12 +175,12 @@ def _random_update(seed: int) -> dict[str, torch.Tensor]:
 def test_fedavg_equals_hand_weighted_average():
     ups = [_random_update(s) for s in range(3)]
     n = [100, 250, 650]
-    avg = fl.fedavg(ups, n)
+    avg = fl_avg.fedavg(ups, n)
     for key in ups[0]:
         hand = (100 * ups[0][key].double() + 250 * ups[1][key].double() + 650 * ups[2][key].double()) / 1000
         assert avg[key].dtype == torch.float32
         assert torch.allclose(avg[key].double(), hand, atol=1e-6)
-    single = fl.fedavg([ups[1]], [7])
+    single = fl_avg.fedavg([ups[1]], [7])
     assert all(torch.equal(single[k], ups[1][k]) for k in single)
 
 
@@ -200,14 +201,14 @@ def test_validate_update_rejects_and_fedavg_never_aggregates(monkeypatch, corrup
     bad = _random_update(1)
     corrupt(bad)
     with pytest.raises(InvalidInput, match=match):
-        fl.validate_update(bad, fl.weight_shapes(good))
+        fl_avg.validate_update(bad, fl_model.weight_shapes(good))
     calls = []
-    real = fl.weighted_average
-    monkeypatch.setattr(fl, "weighted_average", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fl_avg.weighted_average
+    monkeypatch.setattr(fl_avg, "weighted_average", lambda *a, **k: calls.append(1) or real(*a, **k))
     with pytest.raises(InvalidInput, match="update 1 rejected"):
-        fl.fedavg([good, bad], [1, 1])
+        fl_avg.fedavg([good, bad], [1, 1])
     assert calls == []  # rejected before any arithmetic
-    fl.fedavg([good, _random_update(2)], [1, 1])
+    fl_avg.fedavg([good, _random_update(2)], [1, 1])
     assert calls == [1]
 
 
@@ -215,25 +216,25 @@ def test_fedavg_bad_counts():
     ups = [_random_update(0), _random_update(1)]
     for n in ([1], [1, 0], [1, float("nan")], [1, -2]):
         with pytest.raises(InvalidInput):
-            fl.fedavg(ups, n)
+            fl_avg.fedavg(ups, n)
     with pytest.raises(InvalidInput):
-        fl.fedavg([], [])
+        fl_avg.fedavg([], [])
     with pytest.raises(InvalidInput):
-        fl.validate_update("not a dict", fl.weight_shapes(ups[0]))
+        fl_avg.validate_update("not a dict", fl_model.weight_shapes(ups[0]))
 
 
 @needs_fashion
 def test_run_fedavg_records_rounds(fashion):
     X, y, labels = fashion
-    part = fl.partition_by_type(labels, 3, 3, 120, seed=0)
+    part = fl_partition.partition_by_type(labels, 3, 3, 120, seed=0)
     clients = [(X[ix], y[ix]) for ix in part.indices]
-    hist = fl.run_fedavg(clients, rounds=2, hidden=(16,), iterations=5, seed=1, X_val=X[-500:], y_val=y[-500:])
+    hist = fl_training.run_fedavg(clients, rounds=2, hidden=(16,), iterations=5, seed=1, X_val=X[-500:], y_val=y[-500:])
     assert [r.round for r in hist.rounds] == [0, 1]
     r0, r1 = hist.rounds
     assert len(r0.updates) == 3 and r0.n_samples == [120, 120, 120]
     assert all(torch.equal(r0.global_after[k], r1.global_before[k]) for k in r0.global_after)
-    again = fl.fedavg(r1.updates, r1.n_samples)
+    again = fl_avg.fedavg(r1.updates, r1.n_samples)
     assert all(torch.equal(again[k], hist.final_weights[k]) for k in again)
     assert set(r1.metrics) == {"loss", "accuracy"} and 0.0 <= r1.metrics["accuracy"] <= 1.0
-    hist2 = fl.run_fedavg(clients, rounds=1, hidden=(16,), iterations=5, seed=1)
+    hist2 = fl_training.run_fedavg(clients, rounds=1, hidden=(16,), iterations=5, seed=1)
     assert all(torch.equal(hist2.rounds[0].global_after[k], r0.global_after[k]) for k in r0.global_after)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcoin.errors import InvalidInput, InvalidSignature
-from fedcoin.identity import Identity, check_account, is_account, verify_signature
+from fedcoin.chain.identity import Identity, check_account, is_account, verify_signature
 
 
 def seeded(i: int) -> Identity:

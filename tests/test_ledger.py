@@ -8,9 +8,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
-from fedcoin.ledger import Chain, ChainState, apply_block, settlement_transactions
-from fedcoin.payments import reward_allocation
-from fedcoin.transactions import make_transaction
+from fedcoin.chain.state import ChainState, apply_block
+from fedcoin.consensus.payments import settlement_transactions
+from fedcoin.ledger.chain import Chain
+from fedcoin.consensus.payments import reward_allocation
+from fedcoin.chain.transactions import make_transaction
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,12 +14,13 @@ import time
 import httpx
 import pytest
 
-from fedcoin.blocks import Block
-from fedcoin.identity import Identity
-from fedcoin.messages import SignedMessage
-from fedcoin.network import LocalNetwork, plan_network, wait_for_agreement, wait_for_task
-from fedcoin.payments import reward_allocation
-from fedcoin.transactions import make_transaction
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.identity import Identity
+from fedcoin.node.messages import SignedMessage
+from fedcoin.devnet.local import LocalNetwork, plan_network
+from fedcoin.devnet.watch import wait_for_agreement, wait_for_task
+from fedcoin.consensus.payments import reward_allocation
+from fedcoin.chain.transactions import make_transaction
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

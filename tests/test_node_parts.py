@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoin.encoding import sha256_hex
+from fedcoin.chain.encoding import sha256_hex
 from fedcoin.errors import InvalidInput, InvalidSignature, InvalidTransaction
-from fedcoin.identity import Identity
-from fedcoin.ledger import ChainState
-from fedcoin.mempool import MAX_NONCE_GAP, Mempool
-from fedcoin.messages import SignedMessage
-from fedcoin.taskdata import pack_task_content, pack_weights, unpack_task_content, unpack_weights
-from fedcoin.transactions import Transaction, make_transaction
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.state import ChainState
+from fedcoin.ledger.mempool import MAX_NONCE_GAP, Mempool
+from fedcoin.node.messages import SignedMessage
+from fedcoin.fl.content import pack_task_content, pack_weights, unpack_task_content, unpack_weights
+from fedcoin.chain.transactions import Transaction, make_transaction
 
 A = Identity.from_seed(b"a" * 32)
 B = Identity.from_seed(b"b" * 32)
@@ -47,7 +47,7 @@ def test_mempool_admits_and_persists(tmp_path):
     [
         (lambda: make_transaction(A, B.account, 10, 0).model_copy(update={"amount": 11}), "bad-signature"),
         (lambda: make_transaction(A, B.account, 101, 0), "insufficient-balance"),
-        (lambda: make_transaction(A, B.account, 1, MAX_NONCE_GAP + 1), "bad-nonce"),
+        (lambda: make_transaction(A, B.account, 1, MAX_NONCE_GAP + 1), "nonce-too-far-ahead"),
         (lambda: make_transaction(A, A.account, 1, 0), "self-transfer"),
         (lambda: Transaction(sender=A.account, recipient=B.account, amount=1, nonce=0, kind="payout", memo="t"), "bad-kind"),
     ],
@@ -69,6 +69,17 @@ def test_mempool_counts_pending_spend_and_nonce_conflicts():
     with pytest.raises(InvalidTransaction, match="bad-nonce"):
         pool.add(make_transaction(A, B.account, 1, 0), state(nonce=1))
     assert len(pool) == 1
+
+
+def test_mempool_full_is_a_local_rejection():
+    pool = Mempool(max_pending=2)
+    C = Identity.from_seed(b"c" * 32)
+    rich = ChainState(balances={A.account: 100, B.account: 100, C.account: 100})
+    assert pool.add(make_transaction(A, C.account, 1, 0), rich) and pool.add(make_transaction(B, C.account, 1, 0), rich)
+    with pytest.raises(InvalidTransaction) as info:
+        pool.add(make_transaction(C, A.account, 1, 0), rich)
+    assert info.value.reason == "mempool-full" and info.value.category == "local"
+    assert len(pool) == 2
 
 
 # --- signed messages -------------------------------------------------------------------

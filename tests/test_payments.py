@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.errors import InvalidInput
-from fedcoin.payments import DEFAULT_RATIO, reward_allocation, split_budget
-from fedcoin.transactions import MAX_AMOUNT
+from fedcoin.consensus.payments import DEFAULT_RATIO, reward_allocation, split_budget
+from fedcoin.chain.transactions import MAX_AMOUNT
 
 amount_st = st.integers(0, MAX_AMOUNT)
 

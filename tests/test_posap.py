@@ -11,13 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.encoding import tagged
+from fedcoin.chain.encoding import tagged
 from fedcoin.errors import InvalidInput
-from fedcoin.ledger import Chain, build_block
-from fedcoin.payments import reward_allocation
-from fedcoin.posap import PoSapMiner, Report, derive_permutation, marginals_from_utility, p_distance, weighted_average
-from fedcoin.shapley import exact_shapley, marginals_for_permutation
-from fedcoin.transactions import make_transaction
+from fedcoin.consensus.mining import build_block
+from fedcoin.ledger.chain import Chain
+from fedcoin.consensus.payments import reward_allocation
+from fedcoin.consensus.posap import PoSapMiner, Report, average_reports, derive_permutation, p_distance
+from fedcoin.valuation.sampling import CoalitionGame
+from fedcoin.valuation.exact import exact_shapley
+from fedcoin.valuation.sampling import marginals_for_permutation
+from fedcoin.chain.transactions import make_transaction
 
 PREV = "ab" * 32
 MINER = "cd" * 32
@@ -108,7 +111,7 @@ def test_permutation_bad_input(kw):
         derive_permutation(**args)
 
 
-# --- p_distance / weighted_average -------------------------------------------------------
+# --- p_distance / average_reports -------------------------------------------------------
 
 
 def test_p_distance_values():
@@ -131,22 +134,22 @@ def test_p_distance_bad_input(args):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.lists(st.floats(-100, 100), min_size=3, max_size=3), st.integers(0, 1000)),
                 min_size=1, max_size=6).filter(lambda rs: any(t > 0 for _, t in rs)))
-def test_weighted_average(reports):
+def test_average_reports(reports):
     reps = [Report(tuple(s), t) for s, t in reports]
-    got = weighted_average(reps)
+    got = average_reports(reps)
     num = sum(t * np.array(s) for s, t in reports)
     den = sum(t for _, t in reports)
     assert np.allclose(got, num / den, rtol=1e-12, atol=1e-9)
 
 
-def test_weighted_average_bad():
+def test_average_reports_bad():
     with pytest.raises(InvalidInput):
-        weighted_average([])
+        average_reports([])
     with pytest.raises(InvalidInput):
-        weighted_average([Report((1.0,), 0)])
+        average_reports([Report((1.0,), 0)])
     with pytest.raises(InvalidInput):
-        weighted_average([Report((1.0,), 1), Report((1.0, 2.0), 1)])
-    assert weighted_average([Report((1.0, 3.0), 1), Report((3.0, 5.0), 3)]).tolist() == [2.5, 4.5]
+        average_reports([Report((1.0,), 1), Report((1.0, 2.0), 1)])
+    assert average_reports([Report((1.0, 3.0), 1), Report((3.0, 5.0), 3)]).tolist() == [2.5, 4.5]
 
 
 # --- PoSapMiner ----------------------------------------------------------------------------
@@ -167,7 +170,7 @@ def random_game(n, seed):
 
 def test_running_estimate_is_average_of_marginals():
     game = random_game(4, 1)
-    m = miner(marginals_from_utility(game, 4), n=4)
+    m = miner(CoalitionGame(4, game).marginals, n=4)
     m.step(25)
     m.step(5)
     assert m.iterations == 30
@@ -181,7 +184,7 @@ def test_running_estimate_is_average_of_marginals():
 def test_additive_game_exact():
     w = [1.0, 2.0, 3.0, -4.0]
     game = lambda s: float(sum(w[i] for i in s))  # noqa: E731
-    m = miner(marginals_from_utility(game, 4), n=4)
+    m = miner(CoalitionGame(4, game).marginals, n=4)
     m.step(7)
     assert m.shapley.tolist() == exact_shapley(4, game) == w
 
@@ -189,7 +192,7 @@ def test_additive_game_exact():
 def test_random_game_near_exact():
     game = random_game(4, 2)
     exact = np.array(exact_shapley(4, game))
-    m = miner(marginals_from_utility(game, 4), n=4)
+    m = miner(CoalitionGame(4, game).marginals, n=4)
     m.step(3000)
     err = np.linalg.norm(m.shapley - exact) / np.linalg.norm(exact)
     assert err < 0.05
@@ -293,7 +296,7 @@ def test_end_to_end_four_miners(net):
     task = net.task("round-1", published_at=net.T0 + 1_000)
     prev = chains[0].head
     miners = [PoSapMiner(miner=m.account, task_id=task.task_id, prev_hash=prev, n_players=3,
-                         marginals=marginals_from_utility(game, 3), difficulty=d) for m in net.miners]
+                         marginals=CoalitionGame(3, game).marginals, difficulty=d) for m in net.miners]
     winner = None
     for _round in range(2_000):
         for m in miners:

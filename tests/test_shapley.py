@@ -1,4 +1,4 @@
-"""Tests for fedcoin.shapley: exact and permutation-sampled Shapley values."""
+"""Tests for fedcoin.valuation: exact and permutation-sampled Shapley values."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.errors import FedcoinError, InvalidInput
-from fedcoin.shapley import (
+from fedcoin.valuation.exact import exact_shapley
+from fedcoin.valuation.sampling import (
+    CoalitionGame,
     RunningMean,
-    exact_shapley,
     marginals_for_permutation,
     permutation_shapley,
     relative_l2_error,
@@ -126,7 +127,7 @@ def test_exact_shapley_closed_form(name):
 def test_permutation_shapley_closed_form(name):
     n, utility, expected, marginal_range = CLOSED_FORM[name]
     m = 4000
-    phi = permutation_shapley(n, utility, m, seed=12345)
+    phi = permutation_shapley(CoalitionGame(n, utility), m, seed=12345)
     if marginal_range is None:
         # Additive/dummy games: every marginal vector equals the weights exactly.
         tol = 1e-9
@@ -146,7 +147,7 @@ def test_symmetric_players_get_equal_shares_of_grand_coalition():
 @pytest.mark.parametrize("n_permutations", [1, 2, 7])
 def test_additive_game_is_exact_for_any_permutation_count(n_permutations):
     weights = [0.3, -1.7, 2.9, 5.0, 0.0]
-    phi = permutation_shapley(5, additive_game(weights, base=1.25), n_permutations, seed=3)
+    phi = permutation_shapley(CoalitionGame(5, additive_game(weights, base=1.25)), n_permutations, seed=3)
     assert phi == pytest.approx(weights, abs=1e-12)
 
 
@@ -155,12 +156,12 @@ def test_null_player_gets_exactly_zero_in_every_sample():
     game = lambda s: float(len(s - {3}) ** 1.5) + (2.0 if 0 in s and 1 in s else 0.0)
     assert exact_shapley(4, game)[3] == pytest.approx(0.0, abs=1e-12)
     for seed in range(5):
-        assert permutation_shapley(4, game, 3, seed=seed)[3] == 0.0
+        assert permutation_shapley(CoalitionGame(4, game), 3, seed=seed)[3] == 0.0
 
 
 def test_exact_shapley_single_player():
     assert exact_shapley(1, lambda s: 7.0 if s else 2.0) == [5.0]
-    assert permutation_shapley(1, lambda s: 7.0 if s else 2.0, 3, seed=0) == [5.0]
+    assert permutation_shapley(CoalitionGame(1, lambda s: 7.0 if s else 2.0), 3, seed=0).tolist() == [5.0]
 
 
 def test_exact_shapley_larger_n_is_fast_and_correct():
@@ -223,7 +224,7 @@ def test_exact_efficiency_on_random_games(game):
 )
 def test_permutation_efficiency_holds_for_any_permutation_count(game, m, seed):
     n, table = game
-    phi = permutation_shapley(n, table_game(table), m, seed=seed)
+    phi = permutation_shapley(CoalitionGame(n, table_game(table)), m, seed=seed)
     assert len(phi) == n
     assert math.fsum(phi) == pytest.approx(table[-1] - table[0], abs=1e-9)
 
@@ -249,7 +250,7 @@ def test_nonzero_empty_value_efficiency_exact_and_sampled():
     grand = game(frozenset(range(4)))
     assert math.fsum(exact_shapley(4, game)) == pytest.approx(grand - 10.0, abs=1e-9)
     for m in (1, 5, 50):
-        assert math.fsum(permutation_shapley(4, game, m, seed=m)) == pytest.approx(
+        assert math.fsum(permutation_shapley(CoalitionGame(4, game), m, seed=m)) == pytest.approx(
             grand - 10.0, abs=1e-9
         )
 
@@ -278,7 +279,7 @@ def test_permutation_error_decreases_with_more_permutations():
     seeds = range(5)
     def errors(m):
         return [
-            relative_l2_error(permutation_shapley(n, utility, m, seed=s), reference) for s in seeds
+            relative_l2_error(permutation_shapley(CoalitionGame(n, utility), m, seed=s), reference) for s in seeds
         ]
 
     small, large = errors(10), errors(1000)
@@ -298,11 +299,11 @@ def test_permutation_error_decreases_with_more_permutations():
 
 def test_same_seed_same_result_different_seed_different_result():
     n, utility = _random_eight_player_game()
-    a = permutation_shapley(n, utility, 20, seed=99)
-    b = permutation_shapley(n, utility, 20, seed=99)
-    c = permutation_shapley(n, utility, 20, seed=100)
-    assert a == b
-    assert a != c
+    a = permutation_shapley(CoalitionGame(n, utility), 20, seed=99)
+    b = permutation_shapley(CoalitionGame(n, utility), 20, seed=99)
+    c = permutation_shapley(CoalitionGame(n, utility), 20, seed=100)
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
 
 
 @pytest.mark.parametrize("n", [1, 3, 6, 10])
@@ -318,7 +319,7 @@ def test_exact_calls_utility_once_per_coalition(n):
 def test_permutation_call_count_mirrors_miner_cost():
     n, m = 6, 25
     counter = CountingUtility(lambda s: len(s) ** 0.5)
-    permutation_shapley(n, counter, m, seed=1)
+    permutation_shapley(CoalitionGame(n, counter), m, seed=1)
     assert len(counter.calls) == 1 + n * m
     assert counter.calls.count(frozenset()) == 1
     assert counter.calls.count(frozenset(range(n))) == m
@@ -328,9 +329,9 @@ def test_permutation_cache_gives_same_result_with_fewer_calls():
     n, utility = _random_eight_player_game()
     plain = CountingUtility(utility)
     cached = CountingUtility(utility)
-    a = permutation_shapley(n, plain, 200, seed=5)
-    b = permutation_shapley(n, cached, 200, seed=5, cache=True)
-    assert a == b
+    a = permutation_shapley(CoalitionGame(n, plain), 200, seed=5)
+    b = permutation_shapley(CoalitionGame(n, cached, cache=True), 200, seed=5)
+    assert a.tolist() == b.tolist()
     assert len(set(cached.calls)) == len(cached.calls) <= 2**n
     assert len(cached.calls) < len(plain.calls) == 1 + n * 200
 
@@ -338,7 +339,7 @@ def test_permutation_cache_gives_same_result_with_fewer_calls():
 def test_permutations_come_from_default_rng():
     n, m, seed = 5, 4, 77
     counter = CountingUtility(lambda s: 0.0)
-    permutation_shapley(n, counter, m, seed=seed)
+    permutation_shapley(CoalitionGame(n, counter), m, seed=seed)
     rng = np.random.default_rng(seed)
     calls = iter(counter.calls[1:])
     for _ in range(m):
@@ -437,7 +438,7 @@ def test_exact_rejects_21_players_before_calling_utility():
 
 def test_numpy_int_player_count_accepted():
     assert exact_shapley(np.int64(2), ok_game) == pytest.approx([1.0, 1.0])
-    assert permutation_shapley(np.int32(2), ok_game, np.int64(3), seed=np.uint8(1)) == [1.0, 1.0]
+    assert permutation_shapley(CoalitionGame(np.int32(2), ok_game), np.int64(3), seed=np.uint8(1)).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("fn", ["exact", "perm"])
@@ -447,7 +448,7 @@ def test_rejects_non_callable_utility(fn, utility):
         if fn == "exact":
             exact_shapley(3, utility)
         else:
-            permutation_shapley(3, utility, 5, seed=0)
+            permutation_shapley(CoalitionGame(3, utility), 5, seed=0)
 
 
 @pytest.mark.parametrize("fn", ["exact", "perm"])
@@ -463,7 +464,7 @@ def test_rejects_bad_utility_values_naming_the_coalition(fn, bad_value):
             exact_shapley(3, game)
         else:
             # cover enough permutations that {0, 1} shows up as a prefix
-            permutation_shapley(3, game, 50, seed=0)
+            permutation_shapley(CoalitionGame(3, game), 50, seed=0)
 
 
 def test_utility_numpy_and_fraction_values_accepted():
@@ -475,24 +476,24 @@ def test_utility_numpy_and_fraction_values_accepted():
 @pytest.mark.parametrize("m", [0, -1, 1.5, "10", None, False])
 def test_permutation_rejects_bad_n_permutations(m):
     with pytest.raises(InvalidInput):
-        permutation_shapley(3, ok_game, m)
+        permutation_shapley(CoalitionGame(3, ok_game), m)
 
 
 @pytest.mark.parametrize("n", [0, -1, 3.0, True, None])
 def test_permutation_rejects_bad_n_players(n):
     with pytest.raises(InvalidInput):
-        permutation_shapley(n, ok_game, 5)
+        permutation_shapley(CoalitionGame(n, ok_game), 5)
 
 
 @pytest.mark.parametrize("seed", [1.5, "1", -1, True, [1, 2], np.random.default_rng(0)])
 def test_permutation_rejects_bad_seed(seed):
     with pytest.raises(InvalidInput):
-        permutation_shapley(3, ok_game, 5, seed=seed)
+        permutation_shapley(CoalitionGame(3, ok_game), 5, seed=seed)
 
 
 def test_permutation_rejects_non_bool_cache():
     with pytest.raises(InvalidInput):
-        permutation_shapley(3, ok_game, 5, seed=0, cache="yes")
+        permutation_shapley(CoalitionGame(3, ok_game, cache="yes"), 5, seed=0)
 
 
 @pytest.mark.parametrize(

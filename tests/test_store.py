@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from fedcoin.errors import InvalidBlock, StoreError
-from fedcoin.ledger import Chain
-from fedcoin.store import BlockStore
-from fedcoin.transactions import make_transaction
+from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.store import BlockStore
+from fedcoin.chain.transactions import make_transaction
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -111,8 +111,8 @@ def test_wal_mode(net, tmp_path):
     path = tmp_path / "c.db"
     c = Chain.open(path, net.genesis())
     grow(net, c, 1)
-    assert c._store._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-    assert c._store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert c.store.pragma("journal_mode").lower() == "wal"
+    assert c.store.pragma("synchronous") == 2  # FULL
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"  # persistent in the file
     conn.close()
@@ -127,7 +127,7 @@ def test_rejected_block_not_stored(net, tmp_path):
     bad = net.reheader(b, net.miners[2], difficulty=0.5)
     with pytest.raises(InvalidBlock):
         c.add_block(bad, now=net.NOW)
-    assert c._store.count() == 1 and c._store.head == c.head
+    assert c.store.count() == 1 and c.store.head == c.head
     c.close()
     c = Chain.open(path, net.genesis())
     assert c.height == 1 and bad.hash not in c
@@ -230,8 +230,8 @@ WRITER = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[1])
     from conftest import Net
-    from fedcoin.ledger import Chain
-    from fedcoin.transactions import make_transaction
+    from fedcoin.ledger.chain import Chain
+    from fedcoin.chain.transactions import make_transaction
 
     net = Net()
     chain = Chain.open(sys.argv[2], net.genesis())

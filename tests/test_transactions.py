@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.encoding import canonical_json, tagged
+from fedcoin.chain.encoding import canonical_json, tagged
 from fedcoin.errors import InvalidInput, InvalidSignature
-from fedcoin.identity import Identity
-from fedcoin.transactions import MAX_AMOUNT, MAX_MEMO, MINT_ACCOUNT, TX_DOMAIN, Transaction, make_transaction
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.transactions import MAX_AMOUNT, MAX_MEMO, MINT_ACCOUNT, TX_DOMAIN, Transaction, make_transaction
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)

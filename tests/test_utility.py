@@ -6,32 +6,33 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoin import data, fl
+from fedcoin.fl import fedavg as fl_avg, model as fl_model, partition as fl_partition, training as fl_training
 from fedcoin.errors import InvalidInput
-from fedcoin.utility import (
-    NaiveUtility,
-    ShapleyEngine,
-    check_permutation,
-    permutation_shapley,
-    random_permutations,
-)
-
-FASHION = data.FASHION_MNIST_DIR
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "train-labels-idx1-ubyte.gz").exists(), reason="Debian dataset-fashion-mnist not installed"
-)
+from fedcoin.valuation.engine import ShapleyEngine
+from fedcoin.valuation.naive import NaiveUtility
+from fedcoin.valuation.problem import check_permutation
+from fedcoin.valuation.sampling import permutation_shapley, random_permutations
 
 K = 8
+D, C = 48, 10  # a small synthetic problem: always available, fast, and the same shape of work as MNIST
+
+
+def _synthetic(n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten noisy clusters in [0, 1]^D: separable enough that clients' models differ in quality."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(C, D, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    X = (centers[y] + 0.35 * torch.randn(n, D, generator=g)).clamp_(0.0, 1.0)
+    return X.float().contiguous(), y
 
 
 def _problem(hidden):
-    images, labels = data.load_split(FASHION, "train", max_items=4000)
-    X, y = data.to_tensors(images, labels)
-    part = fl.partition_by_type(labels[:3600], num_clients=K, num_types=4, samples_per_client=200, seed=2)
-    g = fl.init_weights(hidden, seed=0)
+    X, y = _synthetic()
+    part = fl_partition.partition_by_type(y[:3600].numpy(), num_clients=K, num_types=4, samples_per_client=200, seed=2)
+    g = fl_model.init_weights(hidden, in_features=D, num_classes=C, seed=0)
     updates, ns = [], []
     for k, ix in enumerate(part.indices):
-        u, n = fl.local_train(g, X[ix], y[ix], iterations=20, seed=k)
+        u, n = fl_training.local_train(g, X[ix], y[ix], iterations=20, seed=k)
         updates.append(u)
         ns.append(n + 25 * k)  # unequal FedAvg weights
     return {"updates": updates, "n": ns, "X": X[3600:], "y": y[3600:], "g": g}
@@ -83,8 +84,8 @@ def test_coalition_utilities_equal(problem, metric):
     assert engine(frozenset()) == naive(frozenset()) == 0.0
     assert engine.n_players == naive.n_players == K and engine.empty_value == 0.0
     # the full coalition is the FedAvg model of all clients
-    agg = fl.fedavg(problem["updates"], problem["n"])
-    ev = fl.evaluate(agg, problem["X"], problem["y"])
+    agg = fl_avg.fedavg(problem["updates"], problem["n"])
+    ev = fl_model.evaluate(agg, problem["X"], problem["y"])
     expected = -ev["loss"] if metric == "neg_loss" else ev["accuracy"]
     assert naive(full) == pytest.approx(expected, abs=1e-6)
 
@@ -93,7 +94,7 @@ def test_coalition_utilities_equal(problem, metric):
 def test_telescoping_sum(problem, empty_value):
     naive, engine = _pair(problem, empty_value=empty_value)
     if empty_value == "global":
-        expected_empty = -fl.evaluate(problem["g"], problem["X"], problem["y"])["loss"]
+        expected_empty = -fl_model.evaluate(problem["g"], problem["X"], problem["y"])["loss"]
         assert engine.empty_value == pytest.approx(expected_empty, abs=1e-6)
         assert naive.empty_value == engine.empty_value
     total = engine(frozenset(range(K))) - engine.empty_value
@@ -205,7 +206,7 @@ def test_bad_constructor_and_coalition_inputs(problem):
         with pytest.raises(InvalidInput):
             cls(args[0], [0] * K, *args[2:])
         with pytest.raises(InvalidInput):
-            cls(*args[:2], problem["X"][:, :100], problem["y"])
+            cls(*args[:2], problem["X"][:, :-1], problem["y"])
         with pytest.raises(InvalidInput):
             cls(*args[:3], problem["y"] + 10)
         u = cls(*args)
@@ -234,7 +235,7 @@ def test_default_device_and_workspace(problem):
     engine = ShapleyEngine(problem["updates"], problem["n"], problem["X"], problem["y"])
     assert engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     H1 = problem["updates"][0]["layers.0.weight"].shape[0]
-    assert engine.bytes_per_permutation() >= K * problem["X"].shape[0] * H1 * 4
+    assert engine.workspace_bytes >= K * problem["X"].shape[0] * H1 * 4
 
 
 def test_single_layer_model():

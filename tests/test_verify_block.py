@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from fedcoin.blocks import BlockBody
+from fedcoin.chain.blocks import BlockBody
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
-from fedcoin.ledger import Chain, verify_block
-from fedcoin.tasks import ShapleyTask
-from fedcoin.transactions import MINT_ACCOUNT, Transaction, make_transaction
+from fedcoin.consensus.rules import verify_block
+from fedcoin.ledger.chain import Chain
+from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.chain.transactions import MINT_ACCOUNT, Transaction, make_transaction
 
 
 def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
@@ -73,7 +74,7 @@ def test_candidate_is_valid(env):
     assert chain.height == 4
     assert chain.balance(w.account) == before + 900 - 700
     assert chain.is_settled("t4")
-    assert chain._store.head == good.hash
+    assert chain.store.head == good.hash
 
 
 # --- structure --------------------------------------------------------------------
@@ -119,7 +120,7 @@ def test_bad_parent_in_verify_block(env):
 def test_missing_task(env):
     net, chain, good, _ = env
     bad = good.model_copy(update={"body": BlockBody(task=None, transactions=good.body.transactions)})
-    reject(net, chain, bad, "bad-task")
+    reject(net, chain, bad, "missing-task")
     accept(net, chain, good)
 
 
@@ -127,13 +128,13 @@ def test_task_hash_mismatch(env):
     net, chain, good, _ = env
     other = net.task("t4", published_at=good.body.task.published_at, train_price=701)
     assert other.task_id == good.header.task_id and other.task_hash != good.header.task_hash
-    reject(net, chain, net.rebody(good, net.winner_of(good), task=other), "bad-task")
+    reject(net, chain, net.rebody(good, net.winner_of(good), task=other), "task-mismatch")
     accept(net, chain, good)
 
 
 def test_task_id_mismatch(env):
     net, chain, good, _ = env
-    reject(net, chain, net.reheader(good, net.winner_of(good), task_id="t999"), "bad-task")
+    reject(net, chain, net.reheader(good, net.winner_of(good), task_id="t999"), "task-mismatch")
 
 
 def test_task_signed_by_someone_else(env):
@@ -141,9 +142,9 @@ def test_task_signed_by_someone_else(env):
     task = good.body.task
     forged = task.model_copy(update={"signature": net.miners[1].sign(task.signing_payload())})
     assert forged.task_hash == task.task_hash  # header still matches; only the signature is wrong
-    reject(net, chain, net.rebody(good, None, task=forged, fix_merkle=False), "bad-task")
+    reject(net, chain, net.rebody(good, None, task=forged, fix_merkle=False), "bad-task-signature")
     unsigned = task.model_copy(update={"signature": ""})
-    reject(net, chain, net.rebody(good, None, task=unsigned, fix_merkle=False), "bad-task")
+    reject(net, chain, net.rebody(good, None, task=unsigned, fix_merkle=False), "bad-task-signature")
     accept(net, chain, good)
 
 
@@ -151,7 +152,7 @@ def test_task_signed_by_someone_else(env):
                                          ("s_avg", []), ("s_winner", [1.0])])
 def test_shapley_vector_length_mismatch(env, field, value):
     net, chain, good, _ = env
-    reject(net, chain, net.reheader(good, net.winner_of(good), **{field: value}), "bad-task")
+    reject(net, chain, net.reheader(good, net.winner_of(good), **{field: value}), "bad-shapley-length")
     accept(net, chain, good)
 
 
@@ -224,7 +225,7 @@ def test_bad_difficulty(env, difficulty):
 def test_timestamp_before_task_publication(env):
     net, chain, good, _ = env
     published = good.body.task.published_at
-    reject(net, chain, net.reheader(good, net.winner_of(good), timestamp=published - 1), "bad-timestamp")
+    reject(net, chain, net.reheader(good, net.winner_of(good), timestamp=published - 1), "time-before-task")
     accept(net, chain, net.reheader(good, net.winner_of(good), timestamp=published))
 
 
@@ -236,8 +237,8 @@ def test_timestamp_not_after_median_time_past(env):
     w = net.winner_of(good)
     base = net.rebody(good, w, task=old_task, fix_merkle=False)
     base = net.reheader(base, w, task_hash=old_task.task_hash)
-    reject(net, chain, net.reheader(base, w, timestamp=mtp), "bad-timestamp")
-    reject(net, chain, net.reheader(base, w, timestamp=mtp - 1), "bad-timestamp")
+    reject(net, chain, net.reheader(base, w, timestamp=mtp), "time-too-old")
+    reject(net, chain, net.reheader(base, w, timestamp=mtp - 1), "time-too-old")
     accept(net, chain, net.reheader(base, w, timestamp=mtp + 1))
 
 
@@ -245,7 +246,7 @@ def test_timestamp_far_future(env):
     net, chain, good, _ = env
     limit = net.NOW + chain.params.max_future_ms
     w = net.winner_of(good)
-    reject(net, chain, net.reheader(good, w, timestamp=limit + 1), "bad-timestamp", now=net.NOW)
+    reject(net, chain, net.reheader(good, w, timestamp=limit + 1), "time-too-new", now=net.NOW)
     accept(net, chain, net.reheader(good, w, timestamp=limit), now=net.NOW)
 
 
@@ -255,7 +256,7 @@ def test_timestamp_far_future_against_wall_clock(env):
     before = net.snapshot(chain)
     with pytest.raises(InvalidBlock) as info:
         chain.add_block(bad)  # now defaults to the wall clock
-    assert info.value.reason == "bad-timestamp"
+    assert info.value.reason == "time-too-new" and info.value.category == "local"
     assert net.snapshot(chain) == before
 
 
@@ -462,8 +463,9 @@ def test_server_cannot_pay_payout(net):
     chain = Chain(net.genesis())
     task = net.task("t1", server=poor)
     user_tx = [make_transaction(net.users[0], net.users[1].account, 1, 0)]
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidBlock, match="insufficient-balance") as info:
         net.block(chain, task, txs=user_tx)
+    assert info.value.reason == "bad-transaction"
     ok = net.block(chain, net.task("t1", server=net.server), txs=user_tx)
     w = net.winner_of(ok)
     payout = Transaction(sender=poor.account, recipient=w.account, amount=900, nonce=0, kind="payout", memo="t1")

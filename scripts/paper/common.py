@@ -1,12 +1,11 @@
 """Shared settings and helpers of the paper reproduction (``scripts/paper/run.py``).
 
 The experiment setting is the paper's (Section 6.1) *as the services run it*: the
-numbers below mirror the defaults of ``services/server/app.py`` (FEDCOIN_HIDDEN,
-FEDCOIN_LOCAL_ITERATIONS, FEDCOIN_LR, FEDCOIN_BATCH_SIZE, FEDCOIN_VAL_SIZE,
-FEDCOIN_VAL_SEED, FEDCOIN_EMPTY_VALUE) and ``services/client/app.py``
-(FEDCOIN_SAMPLES_PER_CLIENT, FEDCOIN_NUM_TYPES), so the in-process items
-(Table 2, Figures 4 and 5) and the networked item (Figure 6) train and value the
-same model on the same kind of data.
+FL hyperparameters are read from the services' own settings models
+(:class:`fedcoin.node.settings.ServerSettings` and ``ClientSettings``), so the
+in-process items (Table 2, Figures 4 and 5) and the networked item (Figure 6)
+train and value the same model on the same kind of data. Only v(∅) differs from
+the services' default: the paper's 0.
 """
 
 from __future__ import annotations
@@ -22,23 +21,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedcoin import fl
-from fedcoin.data import load_dataset
+from fedcoin.chain.genesis import ChainParams
+from fedcoin.fl import partition as fl_partition, training as fl_training
+from fedcoin.fl.data import load_dataset
+from fedcoin.node.server import load_validation
+from fedcoin.node.settings import ClientSettings, ServerSettings, default
 
 # --- the paper's setting (Section 6.1) -------------------------------------------
 NUM_CLIENTS = 100          # "100 FL clients"
-NUM_TYPES = 10             # "10 groups of 10 clients each"
-SAMPLES_PER_CLIENT = 600   # services/client/app.py FEDCOIN_SAMPLES_PER_CLIENT
-LOCAL_ITERATIONS = 20      # "Each local client trains the model for 20 iterations"
-P_NORM = 2.0               # "We set p = 2" (ChainParams.p default)
+NUM_TYPES = default(ClientSettings, "num_types")                   # "10 groups of 10 clients each"
+SAMPLES_PER_CLIENT = default(ClientSettings, "samples_per_client")
+LOCAL_ITERATIONS = default(ServerSettings, "local_iterations")     # "trains the model for 20 iterations"
+P_NORM = ChainParams().p   # "We set p = 2"
 MINERS = 4                 # ">= 4 miners"
-# --- the FL server's defaults (services/server/app.py) ------------------------------
-HIDDEN = (200,)
-LR = 0.1
-BATCH_SIZE = 64
-VAL_SIZE = 1000
-VAL_SEED = 0
-EMPTY_VALUE = 0.0          # v(empty) = 0, as in the paper
+# --- the FL server's defaults ---------------------------------------------------------
+HIDDEN = default(ServerSettings, "hidden")
+LR = default(ServerSettings, "lr")
+BATCH_SIZE = default(ServerSettings, "batch_size")
+VAL_SIZE = default(ServerSettings, "val_size")
+VAL_SEED = default(ServerSettings, "val_seed")
+EMPTY_VALUE = 0.0          # v(empty) = 0, as in the paper (the services default to "global")
 
 PAPER_TABLE2 = [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18]
 
@@ -51,26 +53,25 @@ _DATA_CACHE: dict = {}
 
 
 def load_data(dataset: str, data_dir: str | None) -> dict:
-    """Train/test tensors and the FL server's validation set (exactly as ``FLServer.validation``)."""
+    """Train/test tensors and the FL server's validation set (with the server's own loader)."""
     key = (dataset, data_dir)
     if key not in _DATA_CACHE:
         ds = load_dataset(dataset, data_dir)
         X, y = ds.train_tensors()
         Xt, yt = ds.test_tensors()
-        g = torch.Generator().manual_seed(VAL_SEED)
-        idx = torch.randperm(Xt.shape[0], generator=g)[:VAL_SIZE]
+        X_val, y_val = load_validation(dataset, data_dir, VAL_SIZE, VAL_SEED)
         _DATA_CACHE[key] = {
             "name": ds.name,
             "X": X, "y": y, "X_test": Xt, "y_test": yt,
-            "X_val": Xt[idx].contiguous(), "y_val": yt[idx].contiguous(),
+            "X_val": X_val, "y_val": y_val,
             "all_labels": np.concatenate([ds.train_labels, ds.test_labels]),
         }
     return _DATA_CACHE[key]
 
 
-def partition(data: dict, seed: int) -> tuple[fl.ClientPartition, list[tuple[torch.Tensor, torch.Tensor]]]:
+def partition(data: dict, seed: int) -> tuple[fl_partition.ClientPartition, list[tuple[torch.Tensor, torch.Tensor]]]:
     """The paper's partition: K=100 clients, type j holds 10-j labels, 600 samples each."""
-    part = fl.partition_by_type(data["y"].numpy(), NUM_CLIENTS, NUM_TYPES, SAMPLES_PER_CLIENT, seed=seed)
+    part = fl_partition.partition_by_type(data["y"].numpy(), NUM_CLIENTS, NUM_TYPES, SAMPLES_PER_CLIENT, seed=seed)
     clients = []
     for ix in part.indices:
         t = torch.from_numpy(ix)
@@ -78,12 +79,12 @@ def partition(data: dict, seed: int) -> tuple[fl.ClientPartition, list[tuple[tor
     return part, clients
 
 
-def fedavg(clients, rounds: int, seed: int, data: dict | None = None) -> fl.FedAvgHistory:
+def fedavg(clients, rounds: int, seed: int, data: dict | None = None) -> fl_training.FedAvgHistory:
     """``fedcoin.fl.run_fedavg`` with the FL server's hyperparameters."""
     kw = {}
     if data is not None:
         kw = {"X_val": data["X_val"], "y_val": data["y_val"]}
-    return fl.run_fedavg(clients, rounds=rounds, hidden=HIDDEN, iterations=LOCAL_ITERATIONS,
+    return fl_training.run_fedavg(clients, rounds=rounds, hidden=HIDDEN, iterations=LOCAL_ITERATIONS,
                          batch_size=BATCH_SIZE, lr=LR, seed=seed, **kw)
 
 

@@ -24,16 +24,18 @@ import torch
 
 from common import (EMPTY_VALUE, MINERS, NUM_CLIENTS, NUM_TYPES, P_NORM, by_type, fedavg, load_data, partition,
                     style, type_labels)
-from fedcoin.blocks import ChainParams, GenesisConfig
-from fedcoin.encoding import sha256_hex
+from fedcoin.chain.genesis import ChainParams, GenesisConfig
+from fedcoin.chain.encoding import sha256_hex
 from fedcoin.errors import InvalidInput
-from fedcoin.identity import Identity
-from fedcoin.ledger import Chain, now_ms
-from fedcoin.payments import split_budget
-from fedcoin.simulate import race
-from fedcoin.taskdata import engine_for, pack_task_content, unpack_task_content
-from fedcoin.tasks import make_task
-from fedcoin.transactions import make_transaction
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.clock import now_ms
+from fedcoin.ledger.chain import Chain
+from fedcoin.consensus.payments import split_budget
+from fedcoin.devnet.simulation import race
+from fedcoin.fl.content import pack_task_content, unpack_task_content
+from fedcoin.valuation.engine import engine_for
+from fedcoin.chain.tasks import make_task
+from fedcoin.chain.transactions import make_transaction
 
 BUDGET = 1_000_000
 

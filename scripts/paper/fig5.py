@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common import NUM_TYPES, fedavg, load_data, partition, style, type_labels
-from fedcoin import fl
+from fedcoin.fl import model as fl_model, training as fl_training
 
 
 def accuracy_seed(seed: int, rounds: int, dataset: str, data_dir: str | None) -> dict:
@@ -26,11 +26,11 @@ def accuracy_seed(seed: int, rounds: int, dataset: str, data_dir: str | None) ->
     data = load_data(dataset, data_dir)
     part, clients = partition(data, seed)
     Xt, yt = data["X_test"], data["y_test"]
-    ref = fl.evaluate(fedavg(clients, rounds, seed).final_weights, Xt, yt)
+    ref = fl_model.evaluate(fedavg(clients, rounds, seed).final_weights, Xt, yt)
     per_type = []
     for j in range(NUM_TYPES):
         sub = [c for c, t in zip(clients, part.types) if t == j]
-        per_type.append(fl.evaluate(fedavg(sub, rounds, seed).final_weights, Xt, yt))
+        per_type.append(fl_model.evaluate(fedavg(sub, rounds, seed).final_weights, Xt, yt))
     return {"seed": seed, "rounds": rounds, "fl_reference": ref, "by_type": per_type,
             "accuracy_by_type": [m["accuracy"] for m in per_type], "fl_reference_accuracy": ref["accuracy"],
             "seconds": time.perf_counter() - t0}

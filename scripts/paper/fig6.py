@@ -31,12 +31,14 @@ import torch
 
 from common import (MINERS, NUM_CLIENTS, NUM_TYPES, EMPTY_VALUE, by_type, fedavg, load_data, log, partition,
                     style)
-from fedcoin.blocks import Block
-from fedcoin.encoding import sha256_hex
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.encoding import sha256_hex
 from fedcoin.errors import FedcoinError
-from fedcoin.network import LocalNetwork, plan_network, wait_for_agreement
-from fedcoin.posap import derive_permutation
-from fedcoin.taskdata import engine_for, pack_task_content, unpack_task_content
+from fedcoin.devnet.local import LocalNetwork, plan_network
+from fedcoin.devnet.watch import wait_for_agreement
+from fedcoin.consensus.posap import derive_permutation
+from fedcoin.fl.content import pack_task_content, unpack_task_content
+from fedcoin.valuation.engine import engine_for
 
 PAPER_PLATEAU = 2500  # Section 6.3: "converges at about 2,500 Shapley calculation iterations" for D < 1e-3
 

@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_data_dir(dataset: str, data_dir: str | None) -> str | None:
     """The directory every part (and every service) reads; mnist without one is fetched by torchvision."""
-    from fedcoin.data import DatasetNotFound, load_dataset
+    from fedcoin.fl.data import DatasetNotFound, load_dataset
 
     if data_dir is not None:
         return str(Path(data_dir).resolve())

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from common import NUM_TYPES, PAPER_TABLE2, load_data, partition, style, type_labels
-from fedcoin import fl
+from fedcoin.fl import partition as fl_partition
 
 
 def compute(seeds: list[int], dataset: str, data_dir: str | None) -> dict:
     data = load_data(dataset, data_dir)
     C = 10
-    ref = fl.label_distribution(data["all_labels"], C)
+    ref = fl_partition.label_distribution(data["all_labels"], C)
     per_type: list[list[float]] = [[] for _ in range(NUM_TYPES)]
     labels_per_type: list[set] = [set() for _ in range(NUM_TYPES)]
     for seed in seeds:
@@ -25,7 +25,7 @@ def compute(seeds: list[int], dataset: str, data_dir: str | None) -> dict:
         y = data["y"].numpy()
         for k, ix in enumerate(part.indices):
             j = int(part.types[k])
-            per_type[j].append(fl.emd(fl.label_distribution(y[ix], C), ref))
+            per_type[j].append(fl_partition.emd(fl_partition.label_distribution(y[ix], C), ref))
             labels_per_type[j].add(len(part.label_sets[k]))
     l1 = [float(np.mean(v)) for v in per_type]
     return {

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .chain.genesis import GenesisConfig
+from .chain.identity import Identity
+from .devnet.local import LocalNetwork, plan_network
+from .devnet.simulation import demo_setup, race
+from .devnet.testnet import DEFAULT_DIFFICULTY, init_testnet
+from .devnet.watch import wait_for_agreement, wait_for_task
 from .errors import FedcoinError
+from .ledger.chain import Chain
+from .node.settings import ROLES, load
+from .valuation.exact import exact_shapley
+from .valuation.games import quality_game
+from .valuation.sampling import CoalitionGame
 
 app = typer.Typer(help="FedCoin: blockchain-paid federated learning with Proof of Shapley.", no_args_is_help=True)
 console = Console()
@@ -31,8 +47,6 @@ def version() -> None:
 @app.command()
 def keygen(path: Path = typer.Argument(..., help="where to write the private key (mode 0600)"), overwrite: bool = False) -> None:
     """Create an Ed25519 identity and print its account id."""
-    from .identity import Identity
-
     try:
         ident = Identity.generate()
         ident.save(path, overwrite=overwrite)
@@ -44,8 +58,6 @@ def keygen(path: Path = typer.Argument(..., help="where to write the private key
 @app.command()
 def account(path: Path = typer.Argument(..., help="a private key file")) -> None:
     """Print the account id of a key file."""
-    from .identity import Identity
-
     try:
         console.print(Identity.load(path).account)
     except FedcoinError as exc:
@@ -58,19 +70,15 @@ def chain(
     genesis: Path = typer.Option(..., help="the genesis configuration (JSON)"),
 ) -> None:
     """Print the main chain and balances stored in a node's chain file."""
-    from .blocks import GenesisConfig
-    from .ledger import Chain
-
     try:
-        cfg = GenesisConfig.from_dict(json.loads(genesis.read_text()))
-        ch = Chain.open(db, cfg)
-    except (FedcoinError, OSError, json.JSONDecodeError) as exc:
+        ch = Chain.open(db, GenesisConfig.load(genesis))
+    except (FedcoinError, OSError) as exc:
         _fail(exc)
     _print_chain(ch)
     ch.close()
 
 
-def _print_chain(ch) -> None:  # noqa: ANN001
+def _print_chain(ch: Chain) -> None:
     table = Table(title=f"chain (height {ch.height})")
     for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
         table.add_column(col)
@@ -96,15 +104,11 @@ def simulate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write a summary here"),
 ) -> None:
     """Mine one block in-process: PoSap among miners on a toy data-quality game, then pay by Algorithm 3."""
-    from .shapley import exact_shapley
-    from .posap import marginals_from_utility
-    from .simulate import demo_setup, quality_game, race
-
     qualities = [1.0 - 2.0 * i / (clients - 1) for i in range(clients)]  # from 1 (best) to -1 (worst)
     game = quality_game(qualities)
     _requester, _server, miner_ids, client_ids, chains, task, _deposit = demo_setup(clients, miners, budget, difficulty)
     try:
-        result = race(chains, miner_ids, task, marginals_from_utility(game, clients), gossip_every=gossip_every)  # the task carries the deposit
+        result = race(chains, miner_ids, task, CoalitionGame(clients, game).marginals, gossip_every=gossip_every)
     except FedcoinError as exc:
         _fail(exc)
     exact = exact_shapley(clients, game)
@@ -118,7 +122,8 @@ def simulate(
         table.add_row(str(i), f"{qualities[i]:+.2f}", f"{exact[i]:+.4f}", f"{block.header.s_avg[i]:+.4f}", str(ch.balance(c.account)))
     console.print(table)
     _print_chain(ch)
-    assert all(c.head == ch.head for c in chains)
+    if any(c.head != ch.head for c in chains):
+        _fail(FedcoinError("the miners' chains disagree on the head"))
     if json_out is not None:
         json_out.write_text(
             json.dumps(
@@ -145,19 +150,14 @@ app.add_typer(testnet, name="testnet")
 @testnet.command("init")
 def testnet_init(
     directory: Path = typer.Argument(..., help="where to write requester.key and genesis.json"),
-    difficulty: float = typer.Option(5e-2, help="initial difficulty D"),
+    difficulty: float = typer.Option(DEFAULT_DIFFICULTY, help="initial difficulty D"),
 ) -> None:
     """Create the requester's key and a genesis that funds it (idempotent)."""
-    from .network import init_testnet
-
     try:
         out = init_testnet(directory, initial_difficulty=difficulty)
     except FedcoinError as exc:
         _fail(exc)
     console.print_json(data=out)
-
-
-ROLES = ("miner", "server", "client", "requester")
 
 
 @app.command()
@@ -167,12 +167,13 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535),
 ) -> None:
     """Run one service (configured by FEDCOIN_* environment variables) under uvicorn."""
-    import os
-    import sys
-
     if role not in ROLES:
         _fail(FedcoinError(f"role must be one of {', '.join(ROLES)}"))
     os.environ.setdefault("FEDCOIN_PORT", str(port))
+    try:
+        load(ROLES[role])  # a bad setting fails here, naming the variable, before uvicorn starts
+    except FedcoinError as exc:
+        _fail(exc)
     os.execvp(sys.executable, [sys.executable, "-m", "uvicorn", f"services.{role}.app:create_app", "--factory",
                                "--host", host, "--port", str(port)])
 
@@ -190,16 +191,9 @@ def demo(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write a summary here"),
     serve_after: bool = typer.Option(False, "--serve", help="keep the network running after the task"),
     timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
-    difficulty: float = typer.Option(5e-2, help="initial difficulty D of a new network"),
+    difficulty: float = typer.Option(DEFAULT_DIFFICULTY, help="initial difficulty D of a new network"),
 ) -> None:
     """Run the whole network as local processes, one paid training task end to end."""
-    import tempfile
-    import time
-
-    import httpx
-
-    from .network import LocalNetwork, plan_network, wait_for_agreement, wait_for_task
-
     base = directory or Path(tempfile.mkdtemp(prefix="fedcoin-demo-"))
     specs = plan_network(base, miners=miners, client_types=client_types, base_port=base_port, budget=budget,
                          rounds=rounds, dataset=dataset, dataset_dir=str(data_dir) if data_dir else None,
@@ -214,7 +208,7 @@ def demo(
             server = net.url("server")
             last: dict = {}
 
-            def progress(doc) -> None:  # noqa: ANN001
+            def progress(doc: dict[str, Any] | None) -> None:
                 if doc is None:
                     return
                 key = (doc["status"], len(doc.get("round_results", [])), bool(doc.get("pending_round")))

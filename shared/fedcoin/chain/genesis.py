@@ -1,0 +1,114 @@
+"""Chain parameters and the genesis configuration the genesis block derives from.
+
+The genesis block has no winner (the all-zero account), no task and no
+signature; its ``task_id`` is ``"genesis"`` and its ``task_hash`` commits to
+the chain parameters, so two nodes with different parameters have different
+genesis hashes and never accept each other's blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from .blocks import Block, BlockBody, BlockHeader, body_merkle_root
+from .encoding import ZERO_HASH, sha256_hex, tagged
+from fedcoin.errors import InvalidInput
+
+from .fields import LedgerModel
+from .identity import check_account
+from .transactions import MAX_AMOUNT, MINT_ACCOUNT, Transaction
+
+PARAMS_DOMAIN = "fedcoin/params/v1"
+GENESIS_TASK_ID = "genesis"
+
+
+class ChainParams(LedgerModel):
+    """Consensus parameters, fixed at genesis."""
+
+    what: ClassVar[str] = "chain parameters"
+
+    chain_id: str = Field(default="fedcoin-local", min_length=1, max_length=64)
+    p: float = Field(default=2.0, ge=1.0, le=64.0, description="the p of the p-norm distance (paper: 2)")
+    initial_difficulty: float = Field(default=1e-2, gt=0)
+    target_block_ms: int = Field(default=60_000, gt=0, description="target mining time per block")
+    retarget_window: int = Field(default=10, ge=1, le=10_000)
+    max_adjust: float = Field(default=4.0, ge=1.0, le=1e6)
+    min_difficulty: float = Field(default=1e-9, gt=0)
+    max_difficulty: float = Field(default=1e3, gt=0)
+    max_future_ms: int = Field(default=2 * 3600 * 1000, ge=0)
+    median_time_window: int = Field(default=11, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ChainParams":
+        for name in ("p", "initial_difficulty", "max_adjust", "min_difficulty", "max_difficulty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if not self.min_difficulty <= self.initial_difficulty <= self.max_difficulty:
+            raise ValueError("need min_difficulty <= initial_difficulty <= max_difficulty")
+        return self
+
+    @property
+    def params_hash(self) -> str:
+        return sha256_hex(tagged(PARAMS_DOMAIN, self.model_dump()))
+
+
+class GenesisConfig(LedgerModel):
+    """Initial allocations and chain parameters; the genesis block derives from it."""
+
+    what: ClassVar[str] = "genesis configuration"
+
+    params: ChainParams = Field(default_factory=ChainParams)
+    allocations: dict[str, int] = Field(default_factory=dict)
+    timestamp: int = Field(default=0, ge=0)
+
+    @field_validator("allocations")
+    @classmethod
+    def _alloc(cls, v: dict[str, int]) -> dict[str, int]:
+        for account, amount in v.items():
+            check_account(account, "allocation account")
+            if amount <= 0 or amount > MAX_AMOUNT:
+                raise ValueError(f"allocation to {account[:16]}... must be in (0, 2^63)")
+        if sum(v.values()) > MAX_AMOUNT:
+            raise ValueError("total allocation exceeds 2^63 - 1 base units")
+        return v
+
+    def block(self) -> Block:
+        txs = [
+            Transaction(sender=MINT_ACCOUNT, recipient=account, amount=amount, nonce=i, kind="genesis")
+            for i, (account, amount) in enumerate(sorted(self.allocations.items()))
+        ]
+        header = BlockHeader(
+            height=0,
+            prev_hash=ZERO_HASH,
+            timestamp=self.timestamp,
+            winner=MINT_ACCOUNT,
+            s_avg=[],
+            s_winner=[],
+            difficulty=self.params.initial_difficulty,
+            merkle_root=body_merkle_root(txs),
+            task_id=GENESIS_TASK_ID,
+            task_hash=self.params.params_hash,
+            iterations=0,
+        )
+        return Block(header=header, body=BlockBody(task=None, transactions=txs))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GenesisConfig:
+        """Read a ``genesis.json`` (as ``fedcoin testnet init`` writes it)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read the genesis configuration {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write this configuration to ``path`` atomically."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.model_dump(), indent=2))
+        tmp.replace(path)

@@ -1,0 +1,116 @@
+"""Signed transfers of FedCoin.
+
+A transaction moves ``amount`` integer base units from ``sender`` to
+``recipient``. Its signing payload is ``tagged("fedcoin/tx/v1", fields)``
+(see :mod:`fedcoin.encoding`) where ``fields`` are all fields except
+``signature``; the transaction id is the SHA-256 of that payload. Ed25519
+signatures are deterministic, so the id is stable and cannot be changed by
+re-signing. The ``wtxid`` hashes the whole transaction, signature included;
+blocks commit to their transactions' wtxids, so no byte of a body can change
+without changing the block hash.
+
+Kinds:
+
+``transfer``
+    an ordinary payment, signed by the sender;
+``deposit``
+    a model requester's budget V paid to the FL server; ``memo`` names the
+    training task; signed by the sender;
+``reward``
+    the block winner paying a client its share of TrainPrice (Algorithm 3,
+    line 12); signed by the winner; ``memo`` is the Shapley task id;
+``payout``
+    the FL server paying TrainPrice + SapPrice to the block winner
+    (Algorithm 3, line 9). It carries no signature of its own and consumes no
+    nonce: it is authorised by the server's signature on the Shapley task in
+    the same block, and a task settles at most once per chain;
+``genesis``
+    an initial allocation in the genesis block, from the all-zero account.
+
+Replay protection: a signed transaction carries the sender's nonce, which must
+equal the number of signed transactions the sender already has on the chain.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from .encoding import ZERO_HASH, sha256_hex, tagged
+from ..errors import InvalidInput
+from .identity import Identity, verify_signature
+from .fields import AccountId, LedgerModel
+
+TX_DOMAIN = "fedcoin/tx/v1"
+WTX_DOMAIN = "fedcoin/wtx/v1"
+MINT_ACCOUNT = ZERO_HASH  # sender of genesis allocations; has no key
+MAX_AMOUNT = 2**63 - 1
+MAX_MEMO = 256
+SIGNED_KINDS = frozenset({"transfer", "deposit", "reward"})
+USER_KINDS = frozenset({"transfer", "deposit"})  # kinds accepted from users into a mempool
+
+TxKind = Literal["transfer", "deposit", "reward", "payout", "genesis"]
+_MEMO_RE = re.compile(r"[\x20-\x7e]*")
+
+
+class Transaction(LedgerModel):
+    what: ClassVar[str] = "transaction"
+
+    sender: AccountId
+    recipient: AccountId
+    amount: int = Field(gt=0, le=MAX_AMOUNT)
+    nonce: int = Field(ge=0, le=MAX_AMOUNT)
+    kind: TxKind = "transfer"
+    memo: str = Field(default="", max_length=MAX_MEMO)
+    signature: str = ""
+
+    @field_validator("memo")
+    @classmethod
+    def _memo(cls, v: str) -> str:
+        if not _MEMO_RE.fullmatch(v):
+            raise ValueError("memo must be printable ASCII")
+        return v
+
+    # --- encoding -------------------------------------------------------
+    def unsigned_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"signature"})
+
+    def signing_payload(self) -> bytes:
+        return tagged(TX_DOMAIN, self.unsigned_fields())
+
+    @property
+    def txid(self) -> str:
+        return sha256_hex(self.signing_payload())
+
+    @property
+    def wtxid(self) -> str:
+        """Hash of the whole transaction, signature included: the Merkle leaf."""
+        return sha256_hex(tagged(WTX_DOMAIN, self.model_dump()))
+
+    # --- signatures -------------------------------------------------------
+    def verify_signature(self) -> None:
+        """Raise :class:`fedcoin.errors.InvalidSignature` if a signed kind is not signed by its sender."""
+        verify_signature(self.sender, self.signing_payload(), self.signature)
+
+
+def make_transaction(
+    identity: Identity,
+    recipient: str,
+    amount: int,
+    nonce: int,
+    kind: TxKind = "transfer",
+    memo: str = "",
+) -> Transaction:
+    """Build and sign a transaction from ``identity``."""
+    if kind not in SIGNED_KINDS:
+        raise InvalidInput(f"kind {kind!r} is not signed by a sender")
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidInput("amount must be an integer number of base units")
+    if not isinstance(nonce, int) or isinstance(nonce, bool):
+        raise InvalidInput("nonce must be an integer")
+    unsigned = Transaction.from_dict(
+        {"sender": identity.account, "recipient": recipient, "amount": amount, "nonce": nonce, "kind": kind, "memo": memo}
+    )
+    return unsigned.model_copy(update={"signature": identity.sign(unsigned.signing_payload())})

@@ -1,0 +1,227 @@
+"""Proof of Shapley (Algorithm 1), free of any transport.
+
+A miner's work on a task is a sequence of iterations; iteration ``t`` uses the
+permutation :func:`derive_permutation` (prev_hash, task_id, miner, t), so any
+node can re-derive and re-check the permutations a miner claims to have used.
+
+Permutation derivation (fully specified, independent of numpy or Python's
+``random``)::
+
+    seed  = SHA-256(tagged("fedcoin/posap-seed/v1", [prev_hash, task_id, miner, t]))
+    block_k = SHA-256(seed || k as 8-byte big-endian), k = 0, 1, ...
+    words = the 8-byte big-endian unsigned integers of block_0, block_1, ...
+    uniform(m): next word w, rejected while w ≥ 2^64 − (2^64 mod m); return w mod m
+    Fisher–Yates: perm = [0..n−1]; for i = n−1 down to 1: j = uniform(i+1); swap perm[i], perm[j]
+
+The running estimate S is the mean of the per-iteration marginal vectors
+(line 11); the network average S̄ is the iteration-weighted mean of the latest
+(S, time) report of every miner, own included (line 16); a miner wins when
+‖S − S̄‖_p ≤ D (line 17).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedcoin.chain.encoding import is_hex, tagged
+from fedcoin.errors import InvalidInput
+from fedcoin.valuation.sampling import RunningMean
+
+SEED_DOMAIN = "fedcoin/posap-seed/v1"
+MarginalFn = Callable[[Sequence[int]], Sequence[float]]
+
+
+def _seed(prev_hash: str, task_id: str, miner: str, iteration: int) -> bytes:
+    if not is_hex(prev_hash, 64):
+        raise InvalidInput("prev_hash must be a SHA-256 hex digest")
+    if not isinstance(task_id, str) or not isinstance(miner, str):
+        raise InvalidInput("task_id and miner must be strings")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise InvalidInput("iteration must be a non-negative integer")
+    return hashlib.sha256(tagged(SEED_DOMAIN, [prev_hash, task_id, miner, iteration])).digest()
+
+
+class _WordStream:
+    __slots__ = ("_seed", "_counter", "_buf")
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = seed
+        self._counter = 0
+        self._buf: list[int] = []
+
+    def word(self) -> int:
+        if not self._buf:
+            block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
+            self._counter += 1
+            self._buf = [int.from_bytes(block[i : i + 8], "big") for i in (24, 16, 8, 0)]
+        return self._buf.pop()
+
+    def uniform(self, m: int) -> int:
+        limit = (1 << 64) - ((1 << 64) % m)
+        while True:
+            w = self.word()
+            if w < limit:
+                return w % m
+
+
+def derive_permutation(prev_hash: str, task_id: str, miner: str, iteration: int, n: int) -> list[int]:
+    """The permutation of ``n`` players that ``miner`` uses in ``iteration``."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InvalidInput("n must be a positive integer")
+    stream = _WordStream(_seed(prev_hash, task_id, miner, iteration))
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = stream.uniform(i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def p_distance(a: Sequence[float], b: Sequence[float], p: float = 2.0) -> float:
+    """‖a − b‖_p for p ≥ 1 (``math.inf`` gives the max norm)."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not p >= 1:
+        raise InvalidInput(f"p must be >= 1, got {p!r}")
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise InvalidInput(f"vectors must have the same length, got {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InvalidInput("vectors must be finite")
+    if x.size == 0:
+        return 0.0
+    d = np.abs(x - y)
+    if math.isinf(p):
+        return float(d.max())
+    scale = float(d.max())
+    if scale == 0.0:
+        return 0.0
+    return float(scale * np.sum((d / scale) ** p) ** (1.0 / p))
+
+
+@dataclass(frozen=True)
+class Report:
+    """A miner's broadcast (line 13): its running S after ``iterations`` iterations."""
+
+    shapley: tuple[float, ...]
+    iterations: int
+
+
+def average_reports(reports: Iterable[Report]) -> np.ndarray:
+    """Line 16: S̄ = Σ time·S / Σ time over the given reports."""
+    reps = [r for r in reports if r.iterations > 0]
+    if not reps:
+        raise InvalidInput("no report with a positive iteration count")
+    n = len(reps[0].shapley)
+    total = np.zeros(n, dtype=np.float64)
+    weight = 0
+    for r in reps:
+        if len(r.shapley) != n:
+            raise InvalidInput("reports have different lengths")
+        total += r.iterations * np.asarray(r.shapley, dtype=np.float64)
+        weight += r.iterations
+    return total / weight
+
+
+class PoSapMiner:
+    """One miner's state on one Shapley task (lines 1–22 of Algorithm 1).
+
+    ``marginals`` maps a permutation to the vector of marginal contributions
+    (for example :meth:`fedcoin.valuation.engine.ShapleyEngine.marginals`, or
+    :meth:`fedcoin.valuation.sampling.CoalitionGame.marginals` for a plain game). Call
+    :meth:`step` to run iterations, :meth:`receive` with other miners'
+    reports, and :meth:`is_winner` to check line 17. ``min_peers`` is the
+    number of other miners whose reports must be in S̄ before this miner may
+    win (1 by default, so a miner never wins on its own average alone).
+    """
+
+    def __init__(
+        self,
+        *,
+        miner: str,
+        task_id: str,
+        prev_hash: str,
+        n_players: int,
+        marginals: MarginalFn,
+        difficulty: float,
+        p: float = 2.0,
+        min_peers: int = 1,
+    ) -> None:
+        if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 1:
+            raise InvalidInput("n_players must be a positive integer")
+        if not callable(marginals):
+            raise InvalidInput("marginals must be callable")
+        if not isinstance(difficulty, (int, float)) or not (math.isfinite(difficulty) and difficulty > 0):
+            raise InvalidInput("difficulty must be a positive finite number")
+        if not isinstance(min_peers, int) or min_peers < 0:
+            raise InvalidInput("min_peers must be a non-negative integer")
+        p_distance([0.0], [0.0], p)  # validates p
+        _seed(prev_hash, task_id, miner, 0)  # validates the seed inputs
+        self.miner = miner
+        self.task_id = task_id
+        self.prev_hash = prev_hash
+        self.n_players = n_players
+        self.difficulty = float(difficulty)
+        self.p = p
+        self.min_peers = min_peers
+        self._marginals = marginals
+        self._running = RunningMean(n_players)
+        self._peers: dict[str, Report] = {}
+
+    @property
+    def iterations(self) -> int:
+        return self._running.count
+
+    @property
+    def shapley(self) -> np.ndarray:
+        return self._running.mean
+
+    def report(self) -> Report:
+        return Report(tuple(float(x) for x in self._running.mean), self.iterations)
+
+    def step(self, count: int = 1) -> Report:
+        """Run ``count`` iterations (lines 4–12) and return the report to broadcast."""
+        for _ in range(count):
+            perm = derive_permutation(self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players)
+            self._running.update(self._marginals(perm))  # line 11; rejects a wrong length or non-finite values
+        return self.report()
+
+    def receive(self, peer: str, report: Report) -> None:
+        """Keep the latest report of ``peer`` (a later one with fewer iterations is ignored)."""
+        if peer == self.miner:
+            return
+        if len(report.shapley) != self.n_players:
+            raise InvalidInput(f"report has {len(report.shapley)} values, task has {self.n_players} players")
+        if not isinstance(report.iterations, int) or report.iterations < 0:
+            raise InvalidInput("report iterations must be a non-negative integer")
+        if not all(math.isfinite(x) for x in report.shapley):
+            raise InvalidInput("report holds non-finite values")
+        old = self._peers.get(peer)
+        if old is None or report.iterations >= old.iterations:
+            self._peers[peer] = report
+
+    @property
+    def peer_reports(self) -> Mapping[str, Report]:
+        return dict(self._peers)
+
+    def network_average(self) -> np.ndarray | None:
+        reports = [self.report(), *self._peers.values()]
+        if all(r.iterations == 0 for r in reports):
+            return None
+        return average_reports(reports)
+
+    def distance(self) -> float | None:
+        avg = self.network_average()
+        if avg is None or self.iterations == 0:
+            return None
+        return p_distance(self._running.mean, avg, self.p)
+
+    def is_winner(self) -> bool:
+        """Line 17: ‖S − S̄‖_p ≤ D, with at least ``min_peers`` peers heard from."""
+        if sum(1 for r in self._peers.values() if r.iterations > 0) < self.min_peers:
+            return False
+        d = self.distance()
+        return d is not None and d <= self.difficulty

@@ -1,0 +1,183 @@
+"""VerifyBlock (Algorithm 2) and the structural checks, as named rule groups.
+
+:func:`verify_block` runs the groups in this order; the first failure raises
+:class:`~fedcoin.errors.InvalidBlock` with its :class:`~fedcoin.errors.Reason`:
+
+=====================  =================================================================
+``check_links``        ``bad-parent``, ``bad-height``
+``check_task``         ``missing-task``, ``task-mismatch``, ``bad-task-signature``,
+                       ``bad-shapley-length``, ``bad-iterations``
+``check_seal``         ``bad-merkle-root``, ``bad-signature`` (the winner's, on the header)
+``check_difficulty``   ``bad-difficulty``
+``check_time``         ``time-before-task``, ``time-too-old``, ``time-too-new``
+``check_posap``        ``shapley-far-from-average`` (condition 1),
+                       ``shapley-far-from-local`` (condition 2, with the verifier's S̄)
+``check_settlement``   ``task-already-settled``, ``bad-rewards``, ``bad-transaction``,
+                       ``unfunded-task``
+=====================  =================================================================
+
+Condition 3 (the block beats the head) and ``orphan-block`` belong to fork
+choice (:class:`fedcoin.ledger.chain.Chain`). Every rule only reads; the state
+after the block is returned by :func:`check_settlement`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from fedcoin.chain.blocks import Block, body_merkle_root
+from fedcoin.chain.clock import now_ms
+from fedcoin.chain.genesis import ChainParams
+from fedcoin.chain.identity import verify_signature
+from fedcoin.chain.state import ChainState, apply_block
+from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.chain.transactions import USER_KINDS
+from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Reason
+
+from .difficulty import next_difficulty
+from .payments import settlement_transactions
+from .posap import p_distance
+
+
+def check_links(block: Block, parent: Block) -> None:
+    h = block.header
+    if h.prev_hash != parent.hash:
+        raise InvalidBlock(Reason.BAD_PARENT, "prev_hash does not name the given parent")
+    if h.height != parent.header.height + 1:
+        raise InvalidBlock(Reason.BAD_HEIGHT, f"height {h.height} does not follow parent height {parent.header.height}")
+
+
+def check_task(block: Block) -> ShapleyTask:
+    """The body's task is the header's, signed by its server, with one S value per client."""
+    h = block.header
+    task = block.body.task
+    if task is None:
+        raise InvalidBlock(Reason.MISSING_TASK, "the body holds no Shapley task")
+    if task.task_id != h.task_id or task.task_hash != h.task_hash:
+        raise InvalidBlock(Reason.TASK_MISMATCH, "header task_id/task_hash do not match the body's task")
+    try:
+        task.verify_signature()
+    except InvalidSignature as exc:
+        raise InvalidBlock(Reason.BAD_TASK_SIGNATURE, f"task not signed by its server: {exc}") from exc
+    n = task.n_players
+    if len(h.s_winner) != n or len(h.s_avg) != n:
+        raise InvalidBlock(
+            Reason.BAD_SHAPLEY_LENGTH, f"S vectors have lengths {len(h.s_winner)}/{len(h.s_avg)}, the task has {n} clients"
+        )
+    if h.iterations < 1:
+        raise InvalidBlock(Reason.BAD_ITERATIONS, "the winner claims no Shapley iteration")
+    return task
+
+
+def check_seal(block: Block) -> None:
+    """The header commits to the body and is signed by its winner."""
+    h = block.header
+    if body_merkle_root(block.body.transactions) != h.merkle_root:
+        raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "merkle root does not match the body's transactions")
+    try:
+        verify_signature(h.winner, h.signing_payload(), h.signature)
+    except InvalidSignature as exc:
+        raise InvalidBlock(Reason.BAD_SIGNATURE, f"header not signed by the winner: {exc}") from exc
+
+
+def check_difficulty(block: Block, ancestors: Sequence[Block], params: ChainParams) -> None:
+    expected = next_difficulty(ancestors, params)
+    if block.header.difficulty != expected:
+        raise InvalidBlock(
+            Reason.BAD_DIFFICULTY, f"difficulty {block.header.difficulty!r}, the retarget rule requires {expected!r}"
+        )
+
+
+def median_time_past(ancestors: Sequence[Block], params: ChainParams) -> int:
+    """The median timestamp of the last ``median_time_window`` blocks; a child must be later."""
+    return statistics.median_low([b.header.timestamp for b in ancestors[-params.median_time_window :]])
+
+
+def check_time(block: Block, task: ShapleyTask, ancestors: Sequence[Block], params: ChainParams, now: int | None) -> None:
+    h = block.header
+    if h.timestamp < task.published_at:
+        raise InvalidBlock(Reason.TIME_BEFORE_TASK, "block is older than the task it settles")
+    mtp = median_time_past(ancestors, params)
+    if h.height > 1 and h.timestamp <= mtp:
+        raise InvalidBlock(Reason.TIME_TOO_OLD, f"timestamp {h.timestamp} is not after the median of recent blocks ({mtp})")
+    limit = (now_ms() if now is None else now) + params.max_future_ms
+    if h.timestamp > limit:
+        raise InvalidBlock(Reason.TIME_TOO_NEW, f"timestamp {h.timestamp} is more than {params.max_future_ms} ms in the future")
+
+
+def check_posap(block: Block, params: ChainParams, local_avg: Sequence[float] | None) -> None:
+    """Algorithm 2, conditions 1 and 2 (the latter only with the verifier's own S̄)."""
+    h = block.header
+    d1 = p_distance(h.s_winner, h.s_avg, params.p)
+    if d1 > h.difficulty:
+        raise InvalidBlock(
+            Reason.SHAPLEY_FAR_FROM_AVERAGE, f"‖S_winner − S̄‖_{params.p:g} = {d1:.3g} > D = {h.difficulty:.3g}"
+        )
+    if local_avg is None:
+        return
+    if len(local_avg) != len(h.s_winner):
+        raise InvalidInput(f"local average has {len(local_avg)} values, the task has {len(h.s_winner)} clients")
+    d2 = p_distance(local_avg, h.s_winner, params.p)
+    if d2 > h.difficulty:
+        raise InvalidBlock(
+            Reason.SHAPLEY_FAR_FROM_LOCAL, f"‖S̄_local − S_winner‖_{params.p:g} = {d2:.3g} > D = {h.difficulty:.3g}"
+        )
+
+
+def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) -> ChainState:
+    """Algorithm 3: the body ends with exactly the payout and rewards, every transaction applies
+    and the deposits that fund the task are confirmed; returns the state after the block."""
+    h = block.header
+    if task.task_id in parent_state.settled:
+        raise InvalidBlock(Reason.TASK_ALREADY_SETTLED, f"task {task.task_id} was settled earlier on this chain")
+    expected = settlement_transactions(task, h.winner, h.s_avg)
+    txs = block.body.transactions
+    if len(txs) < len(expected):
+        raise InvalidBlock(
+            Reason.BAD_REWARDS, f"body has {len(txs)} transactions, Algorithm 3 prescribes {len(expected)} at its end"
+        )
+    first = len(txs) - len(expected)
+    for tx in txs[:first]:
+        if tx.kind not in USER_KINDS:
+            raise InvalidBlock(Reason.BAD_REWARDS, f"a {tx.kind} transaction is only valid where Algorithm 3 places it")
+    for k, (kind, recipient, amount) in enumerate(expected):
+        tx = txs[first + k]
+        sender = task.server if kind == "payout" else h.winner
+        if (tx.kind, tx.sender, tx.recipient, tx.amount, tx.memo) != (kind, sender, recipient, amount, task.task_id):
+            raise InvalidBlock(
+                Reason.BAD_REWARDS,
+                f"transaction {first + k} is {tx.kind} {tx.amount} to {tx.recipient[:16]}..., "
+                f"Algorithm 3 prescribes {kind} {amount} to {recipient[:16]}...",
+            )
+        if kind == "payout" and (tx.nonce != 0 or tx.signature != ""):
+            raise InvalidBlock(Reason.BAD_REWARDS, "a payout carries nonce 0 and no signature")
+    new_state = apply_block(parent_state, block)
+    for tx in task.funding:
+        if tx.txid not in new_state.deposits:
+            raise InvalidBlock(Reason.UNFUNDED_TASK, f"the task's deposit {tx.txid[:16]}... is not confirmed on this branch")
+    return new_state
+
+
+def verify_block(
+    block: Block,
+    ancestors: Sequence[Block],
+    parent_state: ChainState,
+    params: ChainParams,
+    *,
+    local_avg: Sequence[float] | None = None,
+    now: int | None = None,
+) -> ChainState:
+    """VerifyBlock without condition 3: check ``block`` as a child of ``ancestors[-1]``.
+
+    ``ancestors`` ends with the parent and holds at least the last
+    ``max(retarget_window, median_time_window)`` blocks of its branch.
+    Returns the state after the block.
+    """
+    check_links(block, ancestors[-1])
+    task = check_task(block)
+    check_seal(block)
+    check_difficulty(block, ancestors, params)
+    check_time(block, task, ancestors, params, now)
+    check_posap(block, params, local_avg)
+    return check_settlement(block, task, parent_state)

@@ -1,0 +1,123 @@
+"""An in-process PoSap round: several miners, one Shapley task, one block.
+
+This is the protocol without a network: miners take turns running
+iterations, "broadcast" their (S, time) report to every other miner every
+``gossip_every`` iterations, and the first whose S is within D of its network
+average builds the block; every miner then verifies it (Algorithm 2, with its
+own local S̄) and appends it. The networked services run the same library
+calls over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.encoding import sha256_hex
+from fedcoin.chain.genesis import ChainParams, GenesisConfig
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.tasks import ShapleyTask, make_task
+from fedcoin.chain.transactions import Transaction, make_transaction
+from fedcoin.consensus.mining import build_block
+from fedcoin.consensus.payments import split_budget
+from fedcoin.consensus.posap import MarginalFn, PoSapMiner
+from fedcoin.errors import InvalidInput
+from fedcoin.ledger.chain import Chain
+
+
+@dataclass
+class RaceResult:
+    block: Block
+    winner_index: int
+    iterations: list[int]
+    rounds: int
+
+
+def race(
+    chains: Sequence[Chain],
+    miners: Sequence[Identity],
+    task: ShapleyTask,
+    marginals: MarginalFn | Sequence[MarginalFn],
+    *,
+    gossip_every: int = 1,
+    max_iterations: int = 100_000,
+    transactions: Sequence[Transaction] = (),
+    timestamp: int | None = None,
+) -> RaceResult:
+    """Run PoSap among ``miners`` (one chain each) until a block is accepted by all."""
+    if len(chains) != len(miners) or len(miners) < 2:
+        raise InvalidInput("race needs at least two miners, each with its own chain")
+    if gossip_every < 1:
+        raise InvalidInput("gossip_every must be >= 1")
+    fns = list(marginals) if isinstance(marginals, Sequence) else [marginals] * len(miners)
+    if len(fns) != len(miners):
+        raise InvalidInput("one marginal function per miner")
+    head = chains[0].head
+    if any(c.head != head for c in chains):
+        raise InvalidInput("all miners must start from the same head")
+    difficulty = chains[0].next_difficulty()
+    states = [
+        PoSapMiner(
+            miner=m.account,
+            task_id=task.task_id,
+            prev_hash=head,
+            n_players=task.n_players,
+            marginals=fn,
+            difficulty=difficulty,
+            p=chains[0].params.p,
+        )
+        for m, fn in zip(miners, fns)
+    ]
+    rounds = 0
+    while True:
+        rounds += 1
+        reports = [s.step(gossip_every) for s in states]
+        for i, s in enumerate(states):
+            for j, r in enumerate(reports):
+                if i != j:
+                    s.receive(miners[j].account, r)
+        for i, s in enumerate(states):
+            if s.is_winner():
+                avg = s.network_average()
+                block = build_block(
+                    chains[i],
+                    task=task,
+                    winner=miners[i],
+                    s_winner=list(s.shapley),
+                    s_avg=list(avg),
+                    iterations=s.iterations,
+                    transactions=transactions,
+                    timestamp=timestamp,
+                )
+                for k, chain in enumerate(chains):
+                    local = states[k].network_average() if k != i else None
+                    chain.add_block(block, local_avg=None if local is None else list(local))
+                return RaceResult(block, i, [x.iterations for x in states], rounds)
+        if max(s.iterations for s in states) >= max_iterations:
+            raise InvalidInput(f"no miner won within {max_iterations} iterations at D = {difficulty:g}")
+
+
+def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, published_at: int = 1_000):
+    """Identities, genesis, chains and a task for a self-contained simulated round."""
+    requester = Identity.from_seed(b"R" * 32)
+    server = Identity.from_seed(b"S" * 32)
+    miners = [Identity.from_seed(bytes([0x80 + i]) * 32) for i in range(n_miners)]
+    clients = [Identity.from_seed(bytes([0x20 + i]) * 32) for i in range(n_clients)]
+    genesis = GenesisConfig(params=ChainParams(initial_difficulty=difficulty, min_difficulty=min(1e-9, difficulty)), allocations={requester.account: budget})
+    chains = [Chain(genesis) for _ in miners]
+    train, _com, sap = split_budget(budget)
+    deposit = make_transaction(requester, server.account, budget, 0, "deposit", "sim-task")
+    task = make_task(
+        server,
+        task_id="sim-task:r0",
+        round=0,
+        clients=[c.account for c in clients],
+        train_price=train,
+        sap_price=sap,
+        published_at=published_at,
+        content_hash=sha256_hex(b"simulated quality game"),
+        metric="quality-game",
+        funding=[deposit],
+    )
+    return requester, server, miners, clients, chains, task, deposit

@@ -1,0 +1,83 @@
+"""Gossip: how a miner's blocks, transactions, tasks and PoSap reports reach its peers.
+
+Objects that must arrive (blocks, transactions, tasks) are broadcast to every
+peer with a few retries. PoSap reports are superseded by the next one, so each
+peer gets only the latest, and at most one report per peer is in flight: a slow
+peer can never build up a queue. The mining thread hands reports and blocks
+over with :meth:`Gossip.send_report` / :meth:`Gossip.send_block`, which are
+thread-safe; the sending happens on the event loop given to :meth:`Gossip.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from fedcoin.chain.blocks import Block
+
+from .messages import SignedMessage
+from .peers import Transport
+
+log = logging.getLogger("fedcoin.gossip")
+
+
+class Gossip:
+    def __init__(self, peers: list[str], transport: Transport, report_transport: Transport | None = None) -> None:
+        self.peers = list(peers)
+        self.transport = transport
+        self.report_transport = report_transport or transport
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest_report: dict[str, Any] = {}
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def stop(self) -> None:
+        self._loop = None
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def broadcast(self, path: str, body: Any, exclude: str | None = None) -> list[int | None]:
+        """POST ``body`` to ``path`` on every peer but ``exclude``; their status codes (None: unreachable)."""
+        return list(
+            await asyncio.gather(*(self.transport.post_json(f"{p}{path}", body, retries=1) for p in self.peers if p != exclude))
+        )
+
+    # --- from the mining thread ----------------------------------------------------
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> None:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            return
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        self._tasks.add(fut)  # type: ignore[arg-type]
+        fut.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
+    def send_block(self, block: Block) -> None:
+        self._submit(self.broadcast("/blocks", block.to_dict()))
+
+    def send_report(self, message: SignedMessage) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._queue_report, message.model_dump())
+
+    # --- on the event loop ----------------------------------------------------------
+    def _queue_report(self, body: dict[str, Any]) -> None:
+        for peer in self.peers:
+            self._latest_report[peer] = body
+            if peer not in self._in_flight:
+                self._in_flight.add(peer)
+                task = asyncio.ensure_future(self._drain_reports(peer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _drain_reports(self, peer: str) -> None:
+        try:
+            while (body := self._latest_report.pop(peer, None)) is not None:
+                await self.report_transport.post_json(f"{peer}/reports", body, retries=0)
+        finally:
+            self._in_flight.discard(peer)
