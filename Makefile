@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets test test-fast demo simulate bench clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -16,7 +16,16 @@ $(BIN)/fedcoin: pyproject.toml
 datasets: ## the offline default dataset (Debian's dataset-fashion-mnist), where apt is available
 	@bash scripts/install-datasets.sh
 
-test: $(BIN)/fedcoin ## the whole test suite
+lint: $(BIN)/fedcoin ## ruff (lint and format check) and mypy; zero findings
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(BIN)/fedcoin ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
 test-fast: $(BIN)/fedcoin
@@ -30,6 +39,9 @@ simulate: $(BIN)/fedcoin ## one in-process PoSap round among 4 miners, paid by A
 
 bench: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator
 	$(BIN)/python scripts/bench_shapley.py
+
+docs: $(BIN)/fedcoin ## re-render the README's generated sections (settings, reject reasons)
+	$(BIN)/python scripts/render_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info shared/*.egg-info

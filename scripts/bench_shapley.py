@@ -52,7 +52,9 @@ import numpy as np
 import torch
 
 from fedcoin.fl import data
-from fedcoin.fl import model as fl_model, partition as fl_partition, training as fl_training
+from fedcoin.fl import model as fl_model
+from fedcoin.fl import partition as fl_partition
+from fedcoin.fl import training as fl_training
 from fedcoin.valuation.engine import ShapleyEngine
 from fedcoin.valuation.naive import NaiveUtility
 from fedcoin.valuation.sampling import random_permutations
@@ -81,9 +83,13 @@ def parse_args(argv=None):
     ap.add_argument("--run-perms", type=int, default=None, help="permutations in the convergence run")
     ap.add_argument("--trunc-tol", type=float, nargs="+", default=None, help="truncation tolerances")
     ap.add_argument("--target", type=float, default=0.01, help="relative L2 error target (default 0.01)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="wall-time cap per phase (naive timing, reference, convergence run); the permutation "
-                         "counts are maxima and the counts actually done are printed (default 60, quick 10)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-time cap per phase (naive timing, reference, convergence run); the permutation "
+        "counts are maxima and the counts actually done are printed (default 60, quick 10)",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     defaults = {
@@ -146,7 +152,12 @@ def setup(args):
         members = [k for k in range(args.clients) if part.types[k] == j]
         if members:
             emd_by_type[j] = float(
-                np.mean([fl_partition.emd(fl_partition.label_distribution(ds.train_labels[part.indices[k]]), ref) for k in members])
+                np.mean(
+                    [
+                        fl_partition.emd(fl_partition.label_distribution(ds.train_labels[part.indices[k]]), ref)
+                        for k in members
+                    ]
+                )
             )
     info = {
         "dataset": args.dataset,
@@ -186,7 +197,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    res: dict = {"args": {k: v for k, v in vars(args).items()}}
+    res: dict = {"args": dict(vars(args).items())}
     res["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -194,34 +205,47 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "loadavg_start": os.getloadavg(),
     }
-    print(f"# bench_shapley  torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}{'  [quick]' if args.quick else ''}")
+    print(
+        f"# bench_shapley  torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}{'  [quick]' if args.quick else ''}"
+    )
 
     bw_bytes = 128 * 2**20 if args.quick else 512 * 2**20
     bw_start = measure_bandwidth(bw_bytes)
     updates, ns, g0, Xv, yv, part, info = setup(args)
     res["setup"] = info
     K = len(updates)
-    print(f"setup: {args.dataset}, K={K} clients in {args.types} types, MLP 784-"
-          f"{'-'.join(map(str, args.hidden))}-10, 1 FedAvg round x {args.iterations} local iterations "
-          f"-> global val loss {info['global_model_after_round']['loss']:.4f}, "
-          f"acc {info['global_model_after_round']['accuracy']:.3f}; {info['validation_samples']} validation samples")
+    print(
+        f"setup: {args.dataset}, K={K} clients in {args.types} types, MLP 784-"
+        f"{'-'.join(map(str, args.hidden))}-10, 1 FedAvg round x {args.iterations} local iterations "
+        f"-> global val loss {info['global_model_after_round']['loss']:.4f}, "
+        f"acc {info['global_model_after_round']['accuracy']:.3f}; {info['validation_samples']} validation samples"
+    )
     emd = info["emd_by_type"]
-    print("EMD by type (sum_c |p_k - p|): " + ", ".join(f"T{j} {v:.3f}" for j, v in emd.items())
-          + "   (/10 -> " + ", ".join(f"{v / 10:.3f}" for v in emd.values()) + ", cf. paper Table 2)")
+    print(
+        "EMD by type (sum_c |p_k - p|): "
+        + ", ".join(f"T{j} {v:.3f}" for j, v in emd.items())
+        + "   (/10 -> "
+        + ", ".join(f"{v / 10:.3f}" for v in emd.values())
+        + ", cf. paper Table 2)"
+    )
 
-    common = dict(metric=args.metric, empty_value=args.empty_value, device=args.device, global_weights=g0)
+    common = {"metric": args.metric, "empty_value": args.empty_value, "device": args.device, "global_weights": g0}
     naive = NaiveUtility(updates, ns, Xv, yv, **common)
     t = time.perf_counter()
     engine = ShapleyEngine(updates, ns, Xv, yv, **common)
     build_s = time.perf_counter() - t
-    print(f"engine build (per-client first-layer pre-activations, {engine.workspace_bytes / 1e6:.1f} MB): "
-          f"{build_s:.3f} s; v(N) = {engine.full_value:.6f}, v(empty) = {engine.empty_value:.6f}")
+    print(
+        f"engine build (per-client first-layer pre-activations, {engine.workspace_bytes / 1e6:.1f} MB): "
+        f"{build_s:.3f} s; v(N) = {engine.full_value:.6f}, v(empty) = {engine.empty_value:.6f}"
+    )
 
     # ------------------------------------------------------------------ 1. speed
     speed_perms = random_permutations(K, args.naive_perms, seed=args.seed + 1)
     engine.marginals(speed_perms[0])  # warm-up
-    naive_t, engine_t, diffs = [], [], []
+    naive_t: list[float] = []
+    engine_t: list[float] = []
+    diffs: list[float] = []
     phase_start = time.perf_counter()
     for p in speed_perms:
         if naive_t and time.perf_counter() - phase_start > args.budget_s:
@@ -255,7 +279,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ 2. reference
     ref_perms = random_permutations(K, args.ref_perms, seed=args.seed + 2)
     t = time.perf_counter()
-    ref_list = []
+    ref_list: list[np.ndarray] = []
     for p in ref_perms:
         if len(ref_list) >= 20 and time.perf_counter() - t > args.budget_s:
             break
@@ -330,10 +354,12 @@ def main(argv=None) -> int:
         "time_to_target_s": R_target * eng_s,
         "time_to_target_extrapolated": bool(eng_err[-1] > args.target),
         "measured_final_error_vs_reference": float(eng_err[-1]),
-        "measured_levels": {str(lv): dict(zip(("perms", "wall_s"), first_time_below(eng_err, eng_time, lv)))
-                            for lv in levels},
+        "measured_levels": {
+            str(lv): dict(zip(("perms", "wall_s"), first_time_below(eng_err, eng_time, lv), strict=True))
+            for lv in levels
+        },
     }
-    for tol, m, tt, tr in zip(args.trunc_tol, tr_m, tr_t, truncs):
+    for tol, m, tt, tr in zip(args.trunc_tol, tr_m, tr_t, truncs, strict=False):
         d = m - run_m  # paired: truncated minus untruncated on the same permutations
         bias = d.mean(0)
         bias_rel = float(np.linalg.norm(bias)) / phi_norm
@@ -353,8 +379,10 @@ def main(argv=None) -> int:
             "time_to_target_s": R_t * s_t if np.isfinite(R_t) else None,
             "time_to_target_extrapolated": True,
             "measured_final_error_vs_reference": float(err_t[-1]),
-            "measured_levels": {str(lv): dict(zip(("perms", "wall_s"), first_time_below(err_t, time_t, lv)))
-                                for lv in levels},
+            "measured_levels": {
+                str(lv): dict(zip(("perms", "wall_s"), first_time_below(err_t, time_t, lv), strict=True))
+                for lv in levels
+            },
         }
     res["convergence"] = {
         "target_rel_l2": args.target,
@@ -371,32 +399,44 @@ def main(argv=None) -> int:
         "methods": methods,
     }
     print(f"\n== time to {args.target:.0%} relative L2 error (Algorithm 1) ==")
-    print(f"reference: engine, {n_ref} permutations ({ref_s:.1f} s, {n_ref / ref_s:.1f} perm/s); "
-          f"its own relative standard error "
-          f"is {ref_rel_se:.1%} (sum_k Var(m_k) = {var_sum:.4g}, ||phi|| = {phi_norm:.4g})")
-    print(f"CLT: R_{args.target:.0%} = sum_k Var(m_k) / ({args.target:g} ||phi||)^2 = {R_target:,.0f} permutations "
-          f"(variances from {R_all} engine permutations"
-          + ("" if reliable else "; UNRELIABLE: ||phi|| not resolved, use more permutations / a larger --budget-s") + ")")
+    print(
+        f"reference: engine, {n_ref} permutations ({ref_s:.1f} s, {n_ref / ref_s:.1f} perm/s); "
+        f"its own relative standard error "
+        f"is {ref_rel_se:.1%} (sum_k Var(m_k) = {var_sum:.4g}, ||phi|| = {phi_norm:.4g})"
+    )
+    print(
+        f"CLT: R_{args.target:.0%} = sum_k Var(m_k) / ({args.target:g} ||phi||)^2 = {R_target:,.0f} permutations "
+        f"(variances from {R_all} engine permutations"
+        + ("" if reliable else "; UNRELIABLE: ||phi|| not resolved, use more permutations / a larger --budget-s")
+        + ")"
+    )
     print(f"measured on an independent run of {n_run} permutations, error vs reference:")
     for name, mt in methods.items():
         if "measured_levels" not in mt:
             continue
         reached = [(float(lv), v) for lv, v in mt["measured_levels"].items() if v["perms"] is not None]
         best = min(reached) if reached else None
-        msg = (f"  {name:<22} final {mt['measured_final_error_vs_reference']:.1%}"
-               + (f"; reached {best[0]:.0%} after {best[1]['perms']} perms in {best[1]['wall_s']:.2f} s" if best else ""))
+        msg = f"  {name:<22} final {mt['measured_final_error_vs_reference']:.1%}" + (
+            f"; reached {best[0]:.0%} after {best[1]['perms']} perms in {best[1]['wall_s']:.2f} s" if best else ""
+        )
         print(msg)
-    print("time to target (extrapolated = R x s/perm; naive and engine s/perm from the interleaved speed phase,"
-          " truncated = engine x measured relative cost):")
+    print(
+        "time to target (extrapolated = R x s/perm; naive and engine s/perm from the interleaved speed phase,"
+        " truncated = engine x measured relative cost):"
+    )
     for name, mt in methods.items():
         extra = ""
         if "bias_rel" in mt:
-            extra = (f"  [tol {mt['truncation_tol']:g}: {mt['prefixes_evaluated_fraction']:.0%} of prefixes evaluated, "
-                     f"bias {mt['bias_rel']:.2%} +- {mt['bias_rel_se']:.2%}"
-                     + (" >= target: unreachable]" if mt["time_to_target_s"] is None else "]"))
+            extra = (
+                f"  [tol {mt['truncation_tol']:g}: {mt['prefixes_evaluated_fraction']:.0%} of prefixes evaluated, "
+                f"bias {mt['bias_rel']:.2%} +- {mt['bias_rel_se']:.2%}"
+                + (" >= target: unreachable]" if mt["time_to_target_s"] is None else "]")
+            )
         perms_txt = "inf" if not np.isfinite(mt["perms_to_target"]) else f"{mt['perms_to_target']:,.0f}"
-        print(f"  {name:<22} {mt['s_per_perm'] * 1e3:9.2f} ms/perm x {perms_txt:>12} perms = "
-              f"{fmt_time(mt['time_to_target_s'])}{extra}")
+        print(
+            f"  {name:<22} {mt['s_per_perm'] * 1e3:9.2f} ms/perm x {perms_txt:>12} perms = "
+            f"{fmt_time(mt['time_to_target_s'])}{extra}"
+        )
 
     # ------------------------------------------------------------------ 4. roofline
     bw_end = measure_bandwidth(bw_bytes)
@@ -408,7 +448,7 @@ def main(argv=None) -> int:
     H = [updates[0][f"layers.{i}.weight"].shape[0] for i in range(len(updates[0]) // 2)]
     M = int(Xv.shape[0])
     dims = [updates[0]["layers.0.weight"].shape[1]] + H
-    flops = K * M * (2 * dims[1] + sum(2 * a * b for a, b in zip(dims[1:-1], dims[2:])))
+    flops = K * M * (2 * dims[1] + sum(2 * a * b for a, b in zip(dims[1:-1], dims[2:], strict=False)))
     ceiling = bw["read_GBps"] * 1e9 / bpp
     res["roofline"] = {
         **bw,
@@ -420,17 +460,26 @@ def main(argv=None) -> int:
         "achieved_GFLOPs": flops / engine_s / 1e9,
     }
     print("\n== memory-bandwidth bound ==")
-    print(f"measured bandwidth ({bw['buffer_bytes'] / 2**20:.0f} MiB torch buffers, best of start/end of run): "
-          f"read {bw['read_GBps']:.1f} GB/s (start {bw['read_GBps_start']:.1f}, end {bw['read_GBps_end']:.1f}), "
-          f"copy {bw['copy_GBps']:.1f} GB/s (read+write)")
-    print(f"engine reads {bpp / 1e6:.1f} MB per permutation (K x M x H1 float32 pre-activations + float64 later layers)"
-          f" -> ceiling {ceiling:.0f} perm/s; achieved {1 / engine_s:.1f} perm/s "
-          f"({res['roofline']['achieved_fraction_of_ceiling']:.1%} of the ceiling; "
-          f"{flops / 1e6:.0f} MFLOP/perm at {flops / engine_s / 1e9:.1f} GFLOP/s)")
+    print(
+        f"measured bandwidth ({bw['buffer_bytes'] / 2**20:.0f} MiB torch buffers, best of start/end of run): "
+        f"read {bw['read_GBps']:.1f} GB/s (start {bw['read_GBps_start']:.1f}, end {bw['read_GBps_end']:.1f}), "
+        f"copy {bw['copy_GBps']:.1f} GB/s (read+write)"
+    )
+    print(
+        f"engine reads {bpp / 1e6:.1f} MB per permutation (K x M x H1 float32 pre-activations + float64 later layers)"
+        f" -> ceiling {ceiling:.0f} perm/s; achieved {1 / engine_s:.1f} perm/s "
+        f"({res['roofline']['achieved_fraction_of_ceiling']:.1%} of the ceiling; "
+        f"{flops / 1e6:.0f} MFLOP/perm at {flops / engine_s / 1e9:.1f} GFLOP/s)"
+    )
     res["machine"]["loadavg_end"] = os.getloadavg()
-    print(f"load average at end: {os.getloadavg()[0]:.2f} (values > {os.cpu_count() or 0} mean other processes competed for the CPUs)")
-    print(f"\nSUMMARY naive_perm_per_s={res['naive_perm_per_s']:.4f} engine_perm_per_s={res['engine_perm_per_s']:.2f} "
-          f"ratio={res['ratio']:.1f} max_abs_diff={res['max_abs_diff']:.2e}")
+    print(
+        f"load average at end: {os.getloadavg()[0]:.2f} "
+        f"(values > {os.cpu_count() or 0} mean other processes competed for the CPUs)"
+    )
+    print(
+        f"\nSUMMARY naive_perm_per_s={res['naive_perm_per_s']:.4f} engine_perm_per_s={res['engine_perm_per_s']:.2f} "
+        f"ratio={res['ratio']:.1f} max_abs_diff={res['max_abs_diff']:.2e}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2, default=float)

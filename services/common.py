@@ -28,8 +28,15 @@ from fedcoin.errors import (
 )
 from fedcoin.node.settings import NodeSettings, describe
 
-HTTP_REASONS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 409: "conflict", 413: "too-large",
-                422: "malformed", 503: "unavailable"}
+HTTP_REASONS = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    422: "malformed",
+    503: "unavailable",
+}
 
 
 def _kebab(name: str) -> str:
@@ -43,7 +50,13 @@ def error_response(status: int, error: str, reason: str, detail: str) -> JSONRes
 def status_of(exc: FedcoinError) -> int:
     if isinstance(exc, Rejected):
         return 409 if exc.category in (Category.MISSING_PARENT, Category.STALE) else 422
-    for kind, status in ((InvalidSignature, 401), (NotFound, 404), (Conflict, 409), (Unavailable, 503), (InvalidInput, 400)):
+    for kind, status in (
+        (InvalidSignature, 401),
+        (NotFound, 404),
+        (Conflict, 409),
+        (Unavailable, 503),
+        (InvalidInput, 400),
+    ):
         if isinstance(exc, kind):
             return status
     return 500

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedcoin.errors import Reason, Rejected
-
-from fedcoin.chain.blocks import Block
+from fedcoin.chain.blocks import Block, body_merkle_root
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
-from fedcoin.consensus.mining import build_block
-from fedcoin.ledger.chain import Chain
-from fedcoin.chain.blocks import body_merkle_root
 from fedcoin.chain.tasks import make_task
+from fedcoin.consensus.mining import build_block
+from fedcoin.errors import Reason, Rejected
+from fedcoin.ledger.chain import Chain
 
 T0 = 1_700_000_000_000  # a fixed "now" (ms) for deterministic timestamps
 NOW = T0 + 10**9
@@ -44,20 +42,55 @@ class Net:
         alloc.update({u.account: 1_000 for u in self.users})
         return GenesisConfig(params=ChainParams(**params), allocations=alloc, timestamp=T0)
 
-    def task(self, task_id: str = "t1", *, published_at: int = T0 + 1_000, train_price: int = 700,
-             sap_price: int = 200, clients=None, server: Identity | None = None, **extra):
+    def task(
+        self,
+        task_id: str = "t1",
+        *,
+        published_at: int = T0 + 1_000,
+        train_price: int = 700,
+        sap_price: int = 200,
+        clients=None,
+        server: Identity | None = None,
+        **extra,
+    ):
         clients = [c.account for c in self.clients] if clients is None else clients
-        return make_task(server or self.server, task_id=task_id, round=0, clients=clients,
-                         train_price=train_price, sap_price=sap_price, published_at=published_at,
-                         content_hash="ab" * 32, **extra)
+        return make_task(
+            server or self.server,
+            task_id=task_id,
+            round=0,
+            clients=clients,
+            train_price=train_price,
+            sap_price=sap_price,
+            published_at=published_at,
+            content_hash="ab" * 32,
+            **extra,
+        )
 
-    def block(self, chain: Chain, task=None, *, winner: int | Identity = 0, s_avg=(0.5, 0.3, 0.2),
-              s_winner=None, txs=(), timestamp: int | None = None, iterations: int = 10) -> Block:
+    def block(
+        self,
+        chain: Chain,
+        task=None,
+        *,
+        winner: int | Identity = 0,
+        s_avg=(0.5, 0.3, 0.2),
+        s_winner=None,
+        txs=(),
+        timestamp: int | None = None,
+        iterations: int = 10,
+    ) -> Block:
         task = task or self.task(f"t{chain.height + 1}", published_at=T0 + 1_000 * (chain.height + 1))
         w = self.miners[winner] if isinstance(winner, int) else winner
         ts = task.published_at + 500 if timestamp is None else timestamp
-        return build_block(chain, task=task, winner=w, s_winner=list(s_winner if s_winner is not None else s_avg),
-                           s_avg=list(s_avg), iterations=iterations, transactions=list(txs), timestamp=ts)
+        return build_block(
+            chain,
+            task=task,
+            winner=w,
+            s_winner=list(s_winner if s_winner is not None else s_avg),
+            s_avg=list(s_avg),
+            iterations=iterations,
+            transactions=list(txs),
+            timestamp=ts,
+        )
 
     @staticmethod
     def reheader(block: Block, signer: Identity | None, **updates) -> Block:
@@ -68,8 +101,9 @@ class Net:
         return block.model_copy(update={"header": h})
 
     @classmethod
-    def rebody(cls, block: Block, signer: Identity | None, *, transactions=None, task=None,
-               fix_merkle: bool = True) -> Block:
+    def rebody(
+        cls, block: Block, signer: Identity | None, *, transactions=None, task=None, fix_merkle: bool = True
+    ) -> Block:
         """Replace body parts; recompute the merkle root (unless told not to) and re-sign."""
         body_up = {}
         if transactions is not None:
@@ -92,8 +126,16 @@ class Net:
         if store is not None:
             stored = (store.head, store.count())
         state = chain.head_state
-        return (chain.head, chain.height, chain.balances(), dict(state.nonces), set(state.settled),
-                set(getattr(state, "deposits", ())), len(chain.main_chain()), stored)
+        return (
+            chain.head,
+            chain.height,
+            chain.balances(),
+            dict(state.nonces),
+            set(state.settled),
+            set(getattr(state, "deposits", ())),
+            len(chain.main_chain()),
+            stored,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,8 +26,8 @@ import pytest
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.genesis import GenesisConfig
-from fedcoin.devnet.watch import wait_for_task
 from fedcoin.consensus.payments import reward_allocation
+from fedcoin.devnet.watch import wait_for_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -66,10 +67,15 @@ def _compose_command() -> list[str] | None:
 
 
 class ComposeTestbed:
-    def __init__(self, compose: list[str], say) -> None:  # noqa: ANN001
+    def __init__(self, compose: list[str], say: Callable[[str], None]) -> None:
         self.base = [*compose, "-p", PROJECT, "-f", str(REPO / "docker-compose.yml")]
-        self.env = {**os.environ, "FEDCOIN_BASE_IMAGE": BASE_IMAGE, "FEDCOIN_ROUNDS": str(ROUNDS),
-                    "FEDCOIN_BUDGET": str(BUDGET), "FEDCOIN_DEFAULT_TASK": "on"}
+        self.env = {
+            **os.environ,
+            "FEDCOIN_BASE_IMAGE": BASE_IMAGE,
+            "FEDCOIN_ROUNDS": str(ROUNDS),
+            "FEDCOIN_BUDGET": str(BUDGET),
+            "FEDCOIN_DEFAULT_TASK": "on",
+        }
         self.say = say
         self.timings: dict[str, float] = {}
 
@@ -90,7 +96,9 @@ class ComposeTestbed:
         ids = self.compose("ps", "-q").stdout.split()
         if not ids:
             return {}
-        fmt = "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}/{{.State.ExitCode}}{{end}}"
+        fmt = (
+            "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}/{{.State.ExitCode}}{{end}}"
+        )
         out = subprocess.run(["docker", "inspect", "-f", fmt, *ids], capture_output=True, text=True, check=True).stdout
         return dict(line.lstrip("/").split(" ", 1) for line in out.splitlines() if line.strip())
 
@@ -101,7 +109,9 @@ class ComposeTestbed:
             waiting = {n: s for n, s in states.items() if s not in ("healthy", "exited/0")}
             if states and not waiting:
                 return
-            bad = {n: s for n, s in waiting.items() if s == "unhealthy" or (s.startswith("exited/") and s != "exited/0")}
+            bad = {
+                n: s for n, s in waiting.items() if s == "unhealthy" or (s.startswith("exited/") and s != "exited/0")
+            }
             if bad or time.time() > deadline:
                 raise AssertionError(f"testbed not healthy: {waiting}")
             time.sleep(2)
@@ -135,13 +145,21 @@ def testbed(request):
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                pytest.fail(f"127.0.0.1:{port} is in use (a testbed from `make up` still running? `make down` stops it)")
+                pytest.fail(
+                    f"127.0.0.1:{port} is in use (a testbed from `make up` still running? `make down` stops it)"
+                )
 
     tb = ComposeTestbed(compose, say)
     failed_before = request.session.testsfailed
     t0 = time.time()
-    r = subprocess.run(["bash", str(REPO / "scripts" / "build-base-image.sh")], cwd=REPO, env=tb.env,
-                       capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-base-image.sh")],
+        cwd=REPO,
+        env=tb.env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, f"build-base-image.sh failed:\n{(r.stdout + r.stderr)[-4000:]}"
     tb.timings["base image"] = time.time() - t0
     say(f"base image {BASE_IMAGE}: {tb.timings['base image']:.1f} s ({r.stdout.strip().splitlines()[-1]})")
@@ -162,7 +180,9 @@ def testbed(request):
             say("a test failed; the testbed's last log lines:\n" + tb.logs())
         t0 = time.time()
         tb.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
-        say(f"down -v: {time.time() - t0:.1f} s; timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in tb.timings.items()))
+        say(
+            f"down -v: {time.time() - t0:.1f} s; timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in tb.timings.items())
+        )
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +202,10 @@ def task_doc(testbed: ComposeTestbed, http: httpx.Client) -> dict:
         state = (doc["status"], len(doc["round_results"]))
         if state != last.get("state"):
             last["state"] = state
-            testbed.say(f"  +{time.time() - testbed.t_up:6.1f} s  default task {doc['status']}, "
-                        f"{len(doc['round_results'])}/{doc['rounds']} rounds settled")
+            testbed.say(
+                f"  +{time.time() - testbed.t_up:6.1f} s  default task {doc['status']}, "
+                f"{len(doc['round_results'])}/{doc['rounds']} rounds settled"
+            )
 
     doc = wait_for_task(SERVER, "default", timeout=TASK_DEADLINE, on_progress=progress)
     testbed.timings["default task"] = time.time() - testbed.t_up
@@ -230,21 +252,29 @@ def test_payments_follow_algorithm_3(testbed: ComposeTestbed, task_doc: dict, ht
         task = block.body.task
         assert task.task_id == stid == block.header.task_id
         expected = [(task.clients[i], amount) for i, amount in reward_allocation(block.header.s_avg, task.train_price)]
-        rewards = [(tx.recipient, tx.amount) for tx in block.body.transactions if tx.kind == "reward" and tx.memo == stid]
+        rewards = [
+            (tx.recipient, tx.amount) for tx in block.body.transactions if tx.kind == "reward" and tx.memo == stid
+        ]
         assert rewards == expected
         assert all(tx.sender == block.header.winner for tx in block.body.transactions if tx.kind == "reward")
         assert sum(a for _, a in rewards) == (task.train_price if any(s > 0 for s in block.header.s_avg) else 0)
         payouts = [tx for tx in block.body.transactions if tx.kind == "payout" and tx.memo == stid]
-        assert [(tx.recipient, tx.amount) for tx in payouts] == [(block.header.winner, task.train_price + task.sap_price)]
+        assert [(tx.recipient, tx.amount) for tx in payouts] == [
+            (block.header.winner, task.train_price + task.sap_price)
+        ]
         if block.hash != res["block_hash"]:
             # The server records the first block it saw settle the task; a fork resolved later
             # (equal height, smaller hash wins) can replace it on the agreed chain.
-            testbed.say(f"note: {stid} settled in {block.hash[:12]} on the agreed chain; the server recorded "
-                        f"{res['block_hash'][:12]} (replaced by a reorg)")
+            testbed.say(
+                f"note: {stid} settled in {block.hash[:12]} on the agreed chain; the server recorded "
+                f"{res['block_hash'][:12]} (replaced by a reorg)"
+            )
 
 
 def test_balances_sum_to_the_genesis_supply(testbed: ComposeTestbed, http: httpx.Client, task_doc: dict) -> None:
-    genesis = GenesisConfig.from_dict(json.loads(testbed.compose("exec", "-T", "miner1", "cat", "/net/genesis.json").stdout))
+    genesis = GenesisConfig.from_dict(
+        json.loads(testbed.compose("exec", "-T", "miner1", "cat", "/net/genesis.json").stdout)
+    )
     supply = sum(genesis.allocations.values())
     for m in MINERS:
         assert http.get(f"{m}/chain/head").json()["genesis"] == genesis.block().hash
@@ -258,16 +288,21 @@ def test_balances_sum_to_the_genesis_supply(testbed: ComposeTestbed, http: httpx
 def test_restarted_miner_reloads_its_chain(testbed: ComposeTestbed, http: httpx.Client, task_doc: dict) -> None:
     before = http.get(f"{MINERS[1]}/chain/head").json()
     cid = testbed.container("miner2")
-    started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", cid], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    started = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", cid], capture_output=True, text=True, check=True
+    ).stdout.strip()
     since = str(int(time.time()))
     t0 = time.time()
     testbed.compose("restart", "miner2", timeout=180)
     assert testbed.container("miner2") == cid, "restart must keep the container (and its volume)"
     deadline = time.time() + HEALTH_DEADLINE
     while True:
-        status = subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}} {{.State.StartedAt}}", cid],
-                                capture_output=True, text=True, check=True).stdout.split()
+        status = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Health.Status}} {{.State.StartedAt}}", cid],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         if status[0] == "healthy" and status[1] != started:
             try:
                 after = http.get(f"{MINERS[1]}/chain/head").json()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedcoin.errors import InvalidInput
 from fedcoin.fl import data
 from fedcoin.fl.data import DatasetNotFound, IDXFormatError
-from fedcoin.errors import InvalidInput
 
 FASHION = data.FASHION_MNIST_DIR
 needs_fashion = pytest.mark.skipif(
@@ -153,7 +153,7 @@ def test_real_fashion_mnist_slices():
     assert ds.name == "fashion-mnist" and ds.train_images.shape == (300, 28, 28)
     assert ds.test_labels.shape == (200,)
     X, y = ds.test_tensors()
-    assert X.shape == (200, 784) and 0.0 <= float(X.min()) and float(X.max()) <= 1.0 and X.max() > 0.5
+    assert X.shape == (200, 784) and float(X.min()) >= 0.0 and float(X.max()) <= 1.0 and X.max() > 0.5
 
 
 def test_load_dataset_never_downloads_by_default(monkeypatch, tmp_path, tiny):

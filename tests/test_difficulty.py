@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.chain.blocks import Block, BlockBody, BlockHeader
-from fedcoin.chain.genesis import ChainParams
-from fedcoin.consensus.difficulty import is_retarget_height, mining_time_ms, next_difficulty
 from fedcoin.chain.encoding import ZERO_HASH
-from fedcoin.errors import InvalidBlock
+from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import Identity
-from fedcoin.ledger.chain import Chain
 from fedcoin.chain.tasks import make_task
+from fedcoin.consensus.difficulty import is_retarget_height, mining_time_ms, next_difficulty
+from fedcoin.errors import InvalidBlock
+from fedcoin.ledger.chain import Chain
 
 SERVER = Identity.from_seed(b"\x01" * 32)
 CLIENT = Identity.from_seed(b"\x02" * 32).account
@@ -21,8 +21,14 @@ TARGET = 1_000
 
 
 def params(**kw) -> ChainParams:
-    base = dict(initial_difficulty=1.0, target_block_ms=TARGET, retarget_window=4, max_adjust=4.0,
-                min_difficulty=1e-3, max_difficulty=100.0)
+    base = {
+        "initial_difficulty": 1.0,
+        "target_block_ms": TARGET,
+        "retarget_window": 4,
+        "max_adjust": 4.0,
+        "min_difficulty": 1e-3,
+        "max_difficulty": 100.0,
+    }
     base.update(kw)
     return ChainParams(**base)
 
@@ -31,10 +37,29 @@ def fake_block(height: int, difficulty: float, mining_ms: int | None, ts: int) -
     """A block carrying only what the retarget rule reads."""
     task = None
     if mining_ms is not None:
-        task = make_task(SERVER, task_id=f"t{height}", round=0, clients=[CLIENT], train_price=0, sap_price=0,
-                         published_at=ts - mining_ms, content_hash="00" * 32)
-    header = BlockHeader(height=height, prev_hash=ZERO_HASH, timestamp=ts, winner=ZERO_HASH, s_avg=[], s_winner=[],
-                         difficulty=difficulty, merkle_root=ZERO_HASH, task_id="x", task_hash=ZERO_HASH, iterations=1)
+        task = make_task(
+            SERVER,
+            task_id=f"t{height}",
+            round=0,
+            clients=[CLIENT],
+            train_price=0,
+            sap_price=0,
+            published_at=ts - mining_ms,
+            content_hash="00" * 32,
+        )
+    header = BlockHeader(
+        height=height,
+        prev_hash=ZERO_HASH,
+        timestamp=ts,
+        winner=ZERO_HASH,
+        s_avg=[],
+        s_winner=[],
+        difficulty=difficulty,
+        merkle_root=ZERO_HASH,
+        task_id="x",
+        task_hash=ZERO_HASH,
+        iterations=1,
+    )
     return Block(header=header, body=BlockBody(task=task))
 
 
@@ -119,8 +144,11 @@ def test_mining_time_at_least_one_ms():
 
 
 @settings(max_examples=100, deadline=None)
-@given(times=st.lists(st.integers(0, 100 * TARGET), min_size=4, max_size=4),
-       d=st.floats(1e-3, 100.0), window=st.integers(1, 4))
+@given(
+    times=st.lists(st.integers(0, 100 * TARGET), min_size=4, max_size=4),
+    d=st.floats(1e-3, 100.0),
+    window=st.integers(1, 4),
+)
 def test_retarget_bounds(times, d, window):
     p = params(retarget_window=window)
     anc = ancestry(times, difficulty=d)
@@ -146,7 +174,7 @@ def mine(net, chain: Chain, mining_ms: int, winner: int = 0):
 
 
 def test_chain_retargets_and_rejects_wrong_difficulty(net):
-    p = dict(initial_difficulty=0.01, target_block_ms=TARGET, retarget_window=3, max_adjust=4.0)
+    p = {"initial_difficulty": 0.01, "target_block_ms": TARGET, "retarget_window": 3, "max_adjust": 4.0}
     chain = Chain(net.genesis(**p))
     for _ in range(3):  # heights 1..3 at twice the target time
         b = mine(net, chain, 2 * TARGET)
@@ -180,13 +208,14 @@ def test_chain_retargets_and_rejects_wrong_difficulty(net):
 
 
 def test_larger_difficulty_after_retarget_admits_farther_estimates(net):
-    p = dict(initial_difficulty=0.01, target_block_ms=TARGET, retarget_window=1, max_adjust=4.0)
+    p = {"initial_difficulty": 0.01, "target_block_ms": TARGET, "retarget_window": 1, "max_adjust": 4.0}
     chain = Chain(net.genesis(**p))
     mine(net, chain, 4 * TARGET)
     assert chain.next_difficulty() == pytest.approx(0.04)
     task = net.task("t2", published_at=net.T0 + 200_000)
-    far = net.block(chain, task, winner=1, s_avg=[0.5, 0.3, 0.2], s_winner=[0.53, 0.3, 0.2],
-                    timestamp=net.T0 + 200_000 + TARGET)
+    far = net.block(
+        chain, task, winner=1, s_avg=[0.5, 0.3, 0.2], s_winner=[0.53, 0.3, 0.2], timestamp=net.T0 + 200_000 + TARGET
+    )
     assert chain.add_block(far, now=net.NOW).status == "extended"  # 0.03 <= D = 0.04
 
 

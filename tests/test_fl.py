@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoin.fl import data
-from fedcoin.fl import fedavg as fl_avg, model as fl_model, partition as fl_partition, training as fl_training
 from fedcoin.errors import InvalidInput
+from fedcoin.fl import data
+from fedcoin.fl import fedavg as fl_avg
+from fedcoin.fl import model as fl_model
+from fedcoin.fl import partition as fl_partition
+from fedcoin.fl import training as fl_training
 
 FASHION = data.FASHION_MNIST_DIR
 needs_fashion = pytest.mark.skipif(
@@ -66,9 +69,9 @@ def test_partition_deterministic_by_seed(fashion):
     a = fl_partition.partition_by_type(labels, 12, 5, 60, seed=7)
     b = fl_partition.partition_by_type(labels, 12, 5, 60, seed=7)
     c = fl_partition.partition_by_type(labels, 12, 5, 60, seed=8)
-    assert all(np.array_equal(x, y) for x, y in zip(a.indices, b.indices))
+    assert all(np.array_equal(x, y) for x, y in zip(a.indices, b.indices, strict=False))
     assert a.label_sets == b.label_sets
-    assert any(not np.array_equal(x, y) for x, y in zip(a.indices, c.indices))
+    assert any(not np.array_equal(x, y) for x, y in zip(a.indices, c.indices, strict=False))
 
 
 def test_partition_errors():
@@ -102,7 +105,7 @@ def test_emd_increases_with_type(fashion):
     ref = fl_partition.label_distribution(labels)
     e = [fl_partition.emd(fl_partition.label_distribution(labels[ix]), ref) for ix in part.indices]
     assert e[0] < 0.05  # the T0 client matches the data set up to its imbalance
-    assert all(b > a for a, b in zip(e, e[1:]))
+    assert all(b > a for a, b in zip(e, e[1:], strict=False))
     assert e[9] == pytest.approx(1.8, abs=0.05)
 
 
@@ -168,8 +171,12 @@ def test_local_train_rejects_bad_input():
 
 def _random_update(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {"layers.0.weight": torch.randn(4, 6, generator=gen), "layers.0.bias": torch.randn(4, generator=gen),
-            "layers.1.weight": torch.randn(3, 4, generator=gen), "layers.1.bias": torch.randn(3, generator=gen)}
+    return {
+        "layers.0.weight": torch.randn(4, 6, generator=gen),
+        "layers.0.bias": torch.randn(4, generator=gen),
+        "layers.1.weight": torch.randn(3, 4, generator=gen),
+        "layers.1.bias": torch.randn(3, generator=gen),
+    }
 
 
 def test_fedavg_equals_hand_weighted_average():

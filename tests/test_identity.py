@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcoin.errors import InvalidInput, InvalidSignature
 from fedcoin.chain.identity import Identity, check_account, is_account, verify_signature
+from fedcoin.errors import InvalidInput, InvalidSignature
 
 
 def seeded(i: int) -> Identity:
@@ -97,15 +97,17 @@ def test_load_missing_file(tmp_path):
 def test_load_wrong_key_type(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ec.key"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     with pytest.raises(InvalidInput):
         Identity.load(path)
 
 
 def test_load_encrypted_key(tmp_path):
-    pem = seeded(5)._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.BestAvailableEncryption(b"pw"))
+    pem = seeded(5)._key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
     path = tmp_path / "enc.key"
     path.write_bytes(pem)
     with pytest.raises(InvalidInput):
@@ -149,7 +151,9 @@ def test_signature_wrong_account():
         verify_signature(seeded(7).account, b"message", sig)
 
 
-@pytest.mark.parametrize("sig_fn", [lambda s: s.upper(), lambda s: s[:-2], lambda s: s + "00", lambda s: "zz" + s[2:], lambda s: ""])
+@pytest.mark.parametrize(
+    "sig_fn", [lambda s: s.upper(), lambda s: s[:-2], lambda s: s + "00", lambda s: "zz" + s[2:], lambda s: ""]
+)
 def test_signature_malformed(sig_fn):
     ident = seeded(6)
     with pytest.raises(InvalidSignature):

@@ -7,12 +7,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
 from fedcoin.chain.state import ChainState, apply_block
-from fedcoin.consensus.payments import settlement_transactions
-from fedcoin.ledger.chain import Chain
-from fedcoin.consensus.payments import reward_allocation
 from fedcoin.chain.transactions import make_transaction
+from fedcoin.consensus.payments import reward_allocation, settlement_transactions
+from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
+from fedcoin.ledger.chain import Chain
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -65,7 +64,7 @@ def signed_transfers(net, chain: Chain, plan):
 def extend(net, chain: Chain, plans, *, prefix: str = "t", winner_offset: int = 0):
     """Build and add one block per plan on ``chain``; returns the blocks."""
     blocks = []
-    for i, plan in enumerate(plans):
+    for _i, plan in enumerate(plans):
         h = chain.height + 1
         task = net.task(f"{prefix}{h}", published_at=net.T0 + 1_000 * h)
         b = net.block(chain, task, winner=(h + winner_offset) % 4, txs=signed_transfers(net, chain, plan))
@@ -106,7 +105,7 @@ def test_conservation_no_overdraft_no_replay(net, plans):
                 overdrafts.append((len(ok), tx))  # where it would stand among the valid ones
         honest = net.block(chain, task, winner=w, txs=planned)
         assert [t for t in honest.body.transactions if t.kind == "transfer"] == ok  # build_block drops overdrafts
-        rest = honest.body.transactions[len(ok):]
+        rest = honest.body.transactions[len(ok) :]
         for pos, bad_tx in overdrafts:
             forced = net.rebody(honest, w, transactions=[*ok[:pos], bad_tx, *ok[pos:], *rest])
             assert_rejected(net, chain, forced, "bad-transaction")
@@ -144,11 +143,35 @@ def test_same_transaction_in_two_blocks(net, chain):
 # --- tamper detection ------------------------------------------------------------------
 
 
-HEADER_FIELDS = ["height", "prev_hash", "timestamp", "winner", "s_avg", "s_winner", "difficulty",
-                 "merkle_root", "task_id", "task_hash", "iterations", "signature"]
+HEADER_FIELDS = [
+    "height",
+    "prev_hash",
+    "timestamp",
+    "winner",
+    "s_avg",
+    "s_winner",
+    "difficulty",
+    "merkle_root",
+    "task_id",
+    "task_hash",
+    "iterations",
+    "signature",
+]
 TX_FIELDS = ["sender", "recipient", "amount", "nonce", "kind", "memo", "signature"]
-TASK_FIELDS = ["task_id", "server", "round", "clients", "train_price", "sap_price", "published_at",
-               "aggregation", "metric", "empty_value", "content_hash", "content_uri"]
+TASK_FIELDS = [
+    "task_id",
+    "server",
+    "round",
+    "clients",
+    "train_price",
+    "sap_price",
+    "published_at",
+    "aggregation",
+    "metric",
+    "empty_value",
+    "content_hash",
+    "content_uri",
+]
 
 
 def other_hex(data, old: str, length: int) -> str:
@@ -229,8 +252,10 @@ def test_any_header_field_tampered(tamper_env, data, field):
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.data(), field=st.sampled_from(["height", "prev_hash", "merkle_root", "task_id", "task_hash",
-                                              "difficulty", "winner"]))
+@given(
+    data=st.data(),
+    field=st.sampled_from(["height", "prev_hash", "merkle_root", "task_id", "task_hash", "difficulty", "winner"]),
+)
 def test_header_tampered_and_resigned(tamper_env, data, field):
     """Even a winner who signs the altered header cannot get these changes accepted."""
     net, prefix, good = tamper_env
@@ -361,8 +386,7 @@ def test_add_chain_invalid_block_is_all_or_nothing(net):
 
 
 @settings(max_examples=15, deadline=None)
-@given(plan_a=block_plan_st, plan_b=block_plan_st, depth=st.integers(1, 2), wa=st.integers(0, 3),
-       wb=st.integers(0, 3))
+@given(plan_a=block_plan_st, plan_b=block_plan_st, depth=st.integers(1, 2), wa=st.integers(0, 3), wb=st.integers(0, 3))
 def test_equal_height_tie_break_independent_of_arrival_order(net, plan_a, plan_b, depth, wa, wb):
     base = Chain(net.genesis())
     extend(net, base, [[]])

@@ -16,11 +16,11 @@ import pytest
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.identity import Identity
-from fedcoin.node.messages import SignedMessage
+from fedcoin.chain.transactions import make_transaction
+from fedcoin.consensus.payments import reward_allocation
 from fedcoin.devnet.local import LocalNetwork, plan_network
 from fedcoin.devnet.watch import wait_for_agreement, wait_for_task
-from fedcoin.consensus.payments import reward_allocation
-from fedcoin.chain.transactions import make_transaction
+from fedcoin.node.messages import SignedMessage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -30,8 +30,9 @@ BASE_PORT = 18400
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
     d = tmp_path_factory.mktemp("net")
-    specs = plan_network(d, miners=4, client_types="0-9", base_port=BASE_PORT, budget=1_000_000, rounds=1,
-                         initial_difficulty=0.1)
+    specs = plan_network(
+        d, miners=4, client_types="0-9", base_port=BASE_PORT, budget=1_000_000, rounds=1, initial_difficulty=0.1
+    )
     net = LocalNetwork(d, specs)
     try:
         # miner4 stays down while the task runs: an unreachable miner must block nobody
@@ -113,6 +114,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
     bal_before = _get(f"{m}/balances")
     block = _get(f"{m}/blocks/1")
     with httpx.Client(timeout=10) as http:
+
         def check(r, codes=(400, 401, 404, 409, 422)):
             assert r.status_code in codes, (r.status_code, r.text)
             assert r.status_code < 500
@@ -141,13 +143,39 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
         check(http.post(f"{m}/tasks", json={"task_id": "t"}))
         s = net.url("server")
         check(http.post(f"{s}/tasks", json={"nope": 1}))
-        check(http.post(f"{s}/tasks", json=SignedMessage.create(stranger, "training-request", {"task_id": "z"}).model_dump()))
+        check(
+            http.post(
+                f"{s}/tasks", json=SignedMessage.create(stranger, "training-request", {"task_id": "z"}).model_dump()
+            )
+        )
         check(http.get(f"{s}/tasks/unknown"))
-        check(http.post(f"{s}/clients", json=SignedMessage.create(stranger, "client-registration", {"url": "ftp://x", "n_samples": 1, "client_type": 0}).model_dump()))
-        check(http.post(f"{s}/clients", json=SignedMessage.create(stranger, "client-registration", {"url": "http://x", "n_samples": 0, "client_type": 0}).model_dump()))
+        check(
+            http.post(
+                f"{s}/clients",
+                json=SignedMessage.create(
+                    stranger, "client-registration", {"url": "ftp://x", "n_samples": 1, "client_type": 0}
+                ).model_dump(),
+            )
+        )
+        check(
+            http.post(
+                f"{s}/clients",
+                json=SignedMessage.create(
+                    stranger, "client-registration", {"url": "http://x", "n_samples": 0, "client_type": 0}
+                ).model_dump(),
+            )
+        )
         c = net.url("client")
-        order = {"task_id": "t:r0", "round": 0, "client": stranger.account, "global_uri": "http://x", "global_hash": "0" * 64}
-        check(http.post(f"{c}/train", json=SignedMessage.create(stranger, "train-order", order).model_dump()))  # not the server
+        order = {
+            "task_id": "t:r0",
+            "round": 0,
+            "client": stranger.account,
+            "global_uri": "http://x",
+            "global_hash": "0" * 64,
+        }
+        check(
+            http.post(f"{c}/train", json=SignedMessage.create(stranger, "train-order", order).model_dump())
+        )  # not the server
         check(http.post(f"{c}/train", json={"kind": "train-order"}))
         rq = net.url("requester")
         check(http.post(f"{rq}/tasks", json={"budget": 0}))

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from fedcoin.chain.encoding import sha256_hex
-from fedcoin.errors import InvalidInput, InvalidSignature, InvalidTransaction
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.state import ChainState
+from fedcoin.chain.transactions import Transaction, make_transaction
+from fedcoin.errors import InvalidInput, InvalidSignature, InvalidTransaction
+from fedcoin.fl.content import pack_task_content, pack_weights, unpack_task_content, unpack_weights
 from fedcoin.ledger.mempool import MAX_NONCE_GAP, Mempool
 from fedcoin.node.messages import SignedMessage
-from fedcoin.fl.content import pack_task_content, pack_weights, unpack_task_content, unpack_weights
-from fedcoin.chain.transactions import Transaction, make_transaction
 
 A = Identity.from_seed(b"a" * 32)
 B = Identity.from_seed(b"b" * 32)
@@ -49,7 +48,10 @@ def test_mempool_admits_and_persists(tmp_path):
         (lambda: make_transaction(A, B.account, 101, 0), "insufficient-balance"),
         (lambda: make_transaction(A, B.account, 1, MAX_NONCE_GAP + 1), "nonce-too-far-ahead"),
         (lambda: make_transaction(A, A.account, 1, 0), "self-transfer"),
-        (lambda: Transaction(sender=A.account, recipient=B.account, amount=1, nonce=0, kind="payout", memo="t"), "bad-kind"),
+        (
+            lambda: Transaction(sender=A.account, recipient=B.account, amount=1, nonce=0, kind="payout", memo="t"),
+            "bad-kind",
+        ),
     ],
 )
 def test_mempool_rejections_change_nothing(tmp_path, make, reason):
@@ -109,8 +111,12 @@ def test_signed_message_round_trip_and_tamper():
 
 def _weights(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"layers.0.weight": torch.randn(4, 3, generator=g), "layers.0.bias": torch.randn(4, generator=g),
-            "layers.1.weight": torch.randn(2, 4, generator=g), "layers.1.bias": torch.randn(2, generator=g)}
+    return {
+        "layers.0.weight": torch.randn(4, 3, generator=g),
+        "layers.0.bias": torch.randn(4, generator=g),
+        "layers.1.weight": torch.randn(2, 4, generator=g),
+        "layers.1.bias": torch.randn(2, generator=g),
+    }
 
 
 def test_weights_and_task_content_round_trip():

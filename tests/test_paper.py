@@ -21,8 +21,12 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
-ITEMS = {"table2": "table2_emd", "fig4": "fig4_shapley_by_type", "fig5": "fig5_accuracy_by_type",
-         "fig6": "fig6_block_time"}
+ITEMS = {
+    "table2": "table2_emd",
+    "fig4": "fig4_shapley_by_type",
+    "fig5": "fig5_accuracy_by_type",
+    "fig6": "fig6_block_time",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The paper's Table 2 (EMD of each quality type), the reference the reproduction is compared with.
 PAPER_TABLE2 = [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18]
@@ -31,8 +35,17 @@ PAPER_TABLE2 = [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("paper")
-    cmd = [sys.executable, str(ROOT / "scripts" / "paper" / "run.py"), "--quick", "--out", str(out / "results"),
-           "--workdir", str(out / "work"), "--base-port", "24700"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "paper" / "run.py"),
+        "--quick",
+        "--out",
+        str(out / "results"),
+        "--workdir",
+        str(out / "work"),
+        "--base-port",
+        "24700",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log, _ = proc.communicate(timeout=840)
@@ -71,9 +84,9 @@ def test_table2_emd_increases_with_type_like_the_paper(results):
     t2 = docs["table2"]
     emd = t2["emd_by_type"]
     assert len(emd) == 10 and _finite(emd)
-    assert all(b > a for a, b in zip(emd, emd[1:]))
+    assert all(b > a for a, b in zip(emd, emd[1:], strict=False))
     # Fashion-MNIST is balanced, so the partition reproduces Table 2 (on its L1/10 scale) almost exactly
-    assert max(abs(a - b) for a, b in zip(emd, PAPER_TABLE2)) < 0.005
+    assert max(abs(a - b) for a, b in zip(emd, PAPER_TABLE2, strict=False)) < 0.005
     assert t2["labels_per_client_by_type"] == [[10 - j] for j in range(10)]
 
 
@@ -91,8 +104,8 @@ def test_fig4_shapley_by_type_from_a_verified_block(results):
         assert r["winner_iterations"] >= 1 and r["total_permutations"] >= sum(1 for x in r["miner_iterations"] if x)
         # efficiency of the permutation estimate: the values sum to v(N) - v(empty)
         assert abs(r["sum_shapley"] - (r["v_full"] - r["v_empty"])) < 1e-9
-        per_type = [sum(v for v, t in zip(r["shapley"], r["types"]) if t == j) / 10 for j in range(10)]
-        assert max(abs(a - b) for a, b in zip(per_type, r["mean_by_type"])) < 1e-12
+        per_type = [sum(v for v, t in zip(r["shapley"], r["types"], strict=False) if t == j) / 10 for j in range(10)]
+        assert max(abs(a - b) for a, b in zip(per_type, r["mean_by_type"], strict=False)) < 1e-12
     # the best type is worth more than the worst (holds with a wide margin in every seed we ran)
     assert mean[0] > mean[9]
     assert len(f4["std_across_seeds_by_type"]) == 10 and len(f4["std_across_clients_by_type"]) == 10

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.errors import InvalidInput
-from fedcoin.consensus.payments import DEFAULT_RATIO, reward_allocation, split_budget
 from fedcoin.chain.transactions import MAX_AMOUNT
+from fedcoin.consensus.payments import DEFAULT_RATIO, reward_allocation, split_budget
+from fedcoin.errors import InvalidInput
 
 amount_st = st.integers(0, MAX_AMOUNT)
 
@@ -26,8 +26,9 @@ def test_default_ratio_is_7_1_2():
     assert split_budget(0) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("budget,expected", [(999, (699, 101, 199)), (1, (0, 1, 0)), (4, (2, 2, 0)),
-                                             (19, (13, 3, 3)), (84, (58, 10, 16))])
+@pytest.mark.parametrize(
+    "budget,expected", [(999, (699, 101, 199)), (1, (0, 1, 0)), (4, (2, 2, 0)), (19, (13, 3, 3)), (84, (58, 10, 16))]
+)
 def test_remainder_goes_to_comprice(budget, expected):
     assert split_budget(budget) == expected
     assert sum(expected) == budget
@@ -54,15 +55,24 @@ def test_split_any_ratio(budget, ratio):
     assert Fraction(budget * ratio[1], total) <= com < Fraction(budget * ratio[1], total) + 2
 
 
-@pytest.mark.parametrize("ratio,budget,expected", [((1, 0, 0), 77, (77, 0, 0)), ((0, 1, 0), 77, (0, 77, 0)),
-                                                   ((0, 0, 1), 77, (0, 0, 77)), ((1, 1, 1), 10, (3, 4, 3)),
-                                                   ((5, 0, 5), 3, (1, 1, 1)), ([6, 2, 2], 100, (60, 20, 20))])
+@pytest.mark.parametrize(
+    "ratio,budget,expected",
+    [
+        ((1, 0, 0), 77, (77, 0, 0)),
+        ((0, 1, 0), 77, (0, 77, 0)),
+        ((0, 0, 1), 77, (0, 0, 77)),
+        ((1, 1, 1), 10, (3, 4, 3)),
+        ((5, 0, 5), 3, (1, 1, 1)),
+        ([6, 2, 2], 100, (60, 20, 20)),
+    ],
+)
 def test_other_ratios(ratio, budget, expected):
     assert split_budget(budget, ratio) == expected
 
 
-@pytest.mark.parametrize("ratio", [(0, 0, 0), (7, 1), (7, 1, 2, 0), (7, -1, 2), (7.0, 1, 2), (True, 1, 2),
-                                   ("7", 1, 2), ()])
+@pytest.mark.parametrize(
+    "ratio", [(0, 0, 0), (7, 1), (7, 1, 2, 0), (7, -1, 2), (7.0, 1, 2), (True, 1, 2), ("7", 1, 2), ()]
+)
 def test_bad_ratio(ratio):
     with pytest.raises(InvalidInput):
         split_budget(100, ratio)

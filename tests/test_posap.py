@@ -12,15 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.chain.encoding import tagged
-from fedcoin.errors import InvalidInput
+from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.mining import build_block
-from fedcoin.ledger.chain import Chain
 from fedcoin.consensus.payments import reward_allocation
 from fedcoin.consensus.posap import PoSapMiner, Report, average_reports, derive_permutation, p_distance
-from fedcoin.valuation.sampling import CoalitionGame
+from fedcoin.errors import InvalidInput
+from fedcoin.ledger.chain import Chain
 from fedcoin.valuation.exact import exact_shapley
-from fedcoin.valuation.sampling import marginals_for_permutation
-from fedcoin.chain.transactions import make_transaction
+from fedcoin.valuation.sampling import CoalitionGame, marginals_for_permutation
 
 PREV = "ab" * 32
 MINER = "cd" * 32
@@ -57,8 +56,12 @@ def reference_permutation(prev_hash, task_id, miner, iteration, n):
 
 
 @settings(max_examples=100, deadline=None)
-@given(n=st.integers(1, 40), iteration=st.integers(0, 2**40), task=st.text(max_size=12),
-       prev=st.binary(min_size=32, max_size=32))
+@given(
+    n=st.integers(1, 40),
+    iteration=st.integers(0, 2**40),
+    task=st.text(max_size=12),
+    prev=st.binary(min_size=32, max_size=32),
+)
 def test_permutation_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
     p = derive_permutation(prev.hex(), task, MINER, iteration, n)
     assert sorted(p) == list(range(n))
@@ -68,17 +71,25 @@ def test_permutation_is_valid_deterministic_and_matches_spec(n, iteration, task,
 
 def test_known_vector_is_stable():
     # pins the derivation: a change would make honest miners' permutations irreproducible
-    assert derive_permutation("00" * 32, "t", "11" * 32, 0, 10) == reference_permutation("00" * 32, "t", "11" * 32, 0, 10)
+    assert derive_permutation("00" * 32, "t", "11" * 32, 0, 10) == reference_permutation(
+        "00" * 32, "t", "11" * 32, 0, 10
+    )
     assert derive_permutation(PREV, "task", MINER, 0, 1) == [0]
 
 
 @pytest.mark.parametrize("change", ["miner", "iteration", "prev_hash", "task"])
 def test_permutation_differs_by_input(change):
     n = 12  # 12! permutations: a collision would be astronomically unlikely
-    args = dict(prev_hash=PREV, task_id="task", miner=MINER, iteration=7)
+    args = {"prev_hash": PREV, "task_id": "task", "miner": MINER, "iteration": 7}
     alt = dict(args)
-    alt.update({"miner": {"miner": "ef" * 32}, "iteration": {"iteration": 8}, "prev_hash": {"prev_hash": "ac" * 32},
-                "task": {"task_id": "task2"}}[change])
+    alt.update(
+        {
+            "miner": {"miner": "ef" * 32},
+            "iteration": {"iteration": 8},
+            "prev_hash": {"prev_hash": "ac" * 32},
+            "task": {"task_id": "task2"},
+        }[change]
+    )
     assert alt != args
     base = derive_permutation(n=n, **args)
     assert derive_permutation(n=n, **alt) != base
@@ -88,7 +99,7 @@ def test_permutation_differs_by_input(change):
 
 
 def test_permutation_roughly_uniform():
-    counts = {p: 0 for p in itertools.permutations(range(3))}
+    counts = dict.fromkeys(itertools.permutations(range(3)), 0)
     trials = 3000
     for t in range(trials):
         counts[tuple(derive_permutation(PREV, "uniform", MINER, t, 3))] += 1
@@ -102,10 +113,22 @@ def test_permutation_roughly_uniform():
     assert all(abs(f - trials / 3) < 150 for f in firsts)
 
 
-@pytest.mark.parametrize("kw", [dict(n=0), dict(n=True), dict(n=2.0), dict(prev_hash="AB" * 32), dict(prev_hash="ab"),
-                                dict(iteration=-1), dict(iteration=True), dict(task_id=5), dict(miner=None)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n": 0},
+        {"n": True},
+        {"n": 2.0},
+        {"prev_hash": "AB" * 32},
+        {"prev_hash": "ab"},
+        {"iteration": -1},
+        {"iteration": True},
+        {"task_id": 5},
+        {"miner": None},
+    ],
+)
 def test_permutation_bad_input(kw):
-    args = dict(prev_hash=PREV, task_id="t", miner=MINER, iteration=0, n=3)
+    args = {"prev_hash": PREV, "task_id": "t", "miner": MINER, "iteration": 0, "n": 3}
     args.update(kw)
     with pytest.raises(InvalidInput):
         derive_permutation(**args)
@@ -124,16 +147,28 @@ def test_p_distance_values():
     assert p_distance([1e-300, 0.0], [0.0, 1e-300]) == pytest.approx(1e-300 * math.sqrt(2))
 
 
-@pytest.mark.parametrize("args", [([1.0], [1.0, 2.0]), ([[1.0]], [[1.0]]), ([float("nan")], [0.0]),
-                                  ([1.0], [1.0], 0.5), ([1.0], [1.0], True), ([1.0], [1.0], "2")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ([1.0], [1.0, 2.0]),
+        ([[1.0]], [[1.0]]),
+        ([float("nan")], [0.0]),
+        ([1.0], [1.0], 0.5),
+        ([1.0], [1.0], True),
+        ([1.0], [1.0], "2"),
+    ],
+)
 def test_p_distance_bad_input(args):
     with pytest.raises(InvalidInput):
         p_distance(*args)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.floats(-100, 100), min_size=3, max_size=3), st.integers(0, 1000)),
-                min_size=1, max_size=6).filter(lambda rs: any(t > 0 for _, t in rs)))
+@given(
+    st.lists(
+        st.tuples(st.lists(st.floats(-100, 100), min_size=3, max_size=3), st.integers(0, 1000)), min_size=1, max_size=6
+    ).filter(lambda rs: any(t > 0 for _, t in rs))
+)
 def test_average_reports(reports):
     reps = [Report(tuple(s), t) for s, t in reports]
     got = average_reports(reps)
@@ -156,7 +191,8 @@ def test_average_reports_bad():
 
 
 def miner(marginals, n=3, difficulty=0.1, **kw):
-    args = dict(miner=MINER, task_id="t", prev_hash=PREV, n_players=n, marginals=marginals, difficulty=difficulty)
+    args = {"miner": MINER, "task_id": "t", "prev_hash": PREV, "n_players": n, "marginals": marginals}
+    args["difficulty"] = difficulty
     args.update(kw)
     return PoSapMiner(**args)
 
@@ -183,7 +219,10 @@ def test_running_estimate_is_average_of_marginals():
 
 def test_additive_game_exact():
     w = [1.0, 2.0, 3.0, -4.0]
-    game = lambda s: float(sum(w[i] for i in s))  # noqa: E731
+
+    def game(s):
+        return float(sum(w[i] for i in s))
+
     m = miner(CoalitionGame(4, game).marginals, n=4)
     m.step(7)
     assert m.shapley.tolist() == exact_shapley(4, game) == w
@@ -253,9 +292,17 @@ def test_receive_keeps_latest_and_ignores_self():
     assert m.peer_reports["p"] == Report((2.0, 2.0), 6)
 
 
-@pytest.mark.parametrize("report", [Report((1.0,), 1), Report((1.0, 2.0, 3.0), 1), Report((1.0, 2.0), -1),
-                                    Report((1.0, float("nan")), 1), Report((float("inf"), 0.0), 1),
-                                    Report((1.0, 2.0), 1.5)])
+@pytest.mark.parametrize(
+    "report",
+    [
+        Report((1.0,), 1),
+        Report((1.0, 2.0, 3.0), 1),
+        Report((1.0, 2.0), -1),
+        Report((1.0, float("nan")), 1),
+        Report((float("inf"), 0.0), 1),
+        Report((1.0, 2.0), 1.5),
+    ],
+)
 def test_bad_reports_rejected(report):
     m = miner(constant([1.0, 0.0]), n=2)
     with pytest.raises(InvalidInput):
@@ -263,10 +310,21 @@ def test_bad_reports_rejected(report):
     assert m.peer_reports == {}
 
 
-@pytest.mark.parametrize("kw", [dict(n=0), dict(difficulty=0.0), dict(difficulty=float("nan")), dict(difficulty=-1.0),
-                                dict(marginals=None), dict(prev_hash="xyz"), dict(p=0.5), dict(min_peers=-1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n": 0},
+        {"difficulty": 0.0},
+        {"difficulty": float("nan")},
+        {"difficulty": -1.0},
+        {"marginals": None},
+        {"prev_hash": "xyz"},
+        {"p": 0.5},
+        {"min_peers": -1},
+    ],
+)
 def test_miner_bad_construction(kw):
-    args = dict(marginals=constant([0.0, 0.0, 0.0]))
+    args = {"marginals": constant([0.0, 0.0, 0.0])}
     args.update(kw)
     with pytest.raises(InvalidInput):
         miner(**args)
@@ -295,8 +353,17 @@ def test_end_to_end_four_miners(net):
     d = chains[0].next_difficulty()
     task = net.task("round-1", published_at=net.T0 + 1_000)
     prev = chains[0].head
-    miners = [PoSapMiner(miner=m.account, task_id=task.task_id, prev_hash=prev, n_players=3,
-                         marginals=CoalitionGame(3, game).marginals, difficulty=d) for m in net.miners]
+    miners = [
+        PoSapMiner(
+            miner=m.account,
+            task_id=task.task_id,
+            prev_hash=prev,
+            n_players=3,
+            marginals=CoalitionGame(3, game).marginals,
+            difficulty=d,
+        )
+        for m in net.miners
+    ]
     winner = None
     for _round in range(2_000):
         for m in miners:
@@ -313,11 +380,18 @@ def test_end_to_end_four_miners(net):
     assert winner.distance() <= d
     w_ident = next(i for i in net.miners if i.account == winner.miner)
     deposit = make_transaction(net.requester, net.server.account, 1_000, 0, "deposit", task.task_id)
-    block = build_block(chains[0], task=task, winner=w_ident, s_winner=winner.shapley.tolist(),
-                        s_avg=winner.network_average().tolist(), iterations=winner.iterations,
-                        transactions=[deposit], timestamp=net.T0 + 5_000)
+    block = build_block(
+        chains[0],
+        task=task,
+        winner=w_ident,
+        s_winner=winner.shapley.tolist(),
+        s_avg=winner.network_average().tolist(),
+        iterations=winner.iterations,
+        transactions=[deposit],
+        timestamp=net.T0 + 5_000,
+    )
     before = chains[0].balances()
-    for chain, m in zip(chains, miners):
+    for chain, m in zip(chains, miners, strict=False):
         res = chain.add_block(block, local_avg=m.network_average().tolist(), now=net.NOW)
         assert res.status == "extended" and chain.head == block.hash
     heads = {c.head for c in chains}

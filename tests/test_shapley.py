@@ -128,13 +128,10 @@ def test_permutation_shapley_closed_form(name):
     n, utility, expected, marginal_range = CLOSED_FORM[name]
     m = 4000
     phi = permutation_shapley(CoalitionGame(n, utility), m, seed=12345)
-    if marginal_range is None:
-        # Additive/dummy games: every marginal vector equals the weights exactly.
-        tol = 1e-9
-    else:
-        # Each coordinate is a mean of m i.i.d. marginals lying in an interval of
-        # width `marginal_range`, so its std is <= range / (2 sqrt m); allow 5 sigma.
-        tol = 5 * marginal_range / (2 * math.sqrt(m))
+    # Additive/dummy games: every marginal vector equals the weights exactly. Otherwise each
+    # coordinate is a mean of m i.i.d. marginals lying in an interval of width `marginal_range`,
+    # so its std is <= range / (2 sqrt m); allow 5 sigma.
+    tol = 1e-9 if marginal_range is None else 5 * marginal_range / (2 * math.sqrt(m))
     assert phi == pytest.approx(expected, abs=tol)
 
 
@@ -153,7 +150,9 @@ def test_additive_game_is_exact_for_any_permutation_count(n_permutations):
 
 def test_null_player_gets_exactly_zero_in_every_sample():
     # player 3 never changes the value, whatever the coalition
-    game = lambda s: float(len(s - {3}) ** 1.5) + (2.0 if 0 in s and 1 in s else 0.0)
+    def game(s):
+        return float(len(s - {3}) ** 1.5) + (2.0 if 0 in s and 1 in s else 0.0)
+
     assert exact_shapley(4, game)[3] == pytest.approx(0.0, abs=1e-12)
     for seed in range(5):
         assert permutation_shapley(CoalitionGame(4, game), 3, seed=seed)[3] == 0.0
@@ -246,7 +245,9 @@ def test_marginals_telescope(game, rnd):
 
 
 def test_nonzero_empty_value_efficiency_exact_and_sampled():
-    game = lambda s: 10.0 + len(s) ** 2 + (5.0 if {0, 2} <= s else 0.0)
+    def game(s):
+        return 10.0 + len(s) ** 2 + (5.0 if {0, 2} <= s else 0.0)
+
     grand = game(frozenset(range(4)))
     assert math.fsum(exact_shapley(4, game)) == pytest.approx(grand - 10.0, abs=1e-9)
     for m in (1, 5, 50):
@@ -277,10 +278,9 @@ def test_permutation_error_decreases_with_more_permutations():
     n, utility = _random_eight_player_game()
     reference = exact_shapley(n, utility)
     seeds = range(5)
+
     def errors(m):
-        return [
-            relative_l2_error(permutation_shapley(CoalitionGame(n, utility), m, seed=s), reference) for s in seeds
-        ]
+        return [relative_l2_error(permutation_shapley(CoalitionGame(n, utility), m, seed=s), reference) for s in seeds]
 
     small, large = errors(10), errors(1000)
     assert np.median(large) < np.median(small) / 3  # ~sqrt(100)=10x expected
@@ -377,9 +377,7 @@ def test_running_mean_follows_paper_recurrence():
         assert rm.mean == pytest.approx(s, abs=1e-12)
 
 
-@pytest.mark.parametrize(
-    "bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, float("nan"), 2.0], [[1, 2, 3]], "abc"]
-)
+@pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, float("nan"), 2.0], [[1, 2, 3]], "abc"])
 def test_running_mean_rejects_bad_vectors_without_changing_state(bad):
     rm = RunningMean(3)
     rm.update([1.0, 1.0, 1.0])
@@ -419,7 +417,9 @@ def test_marginals_for_permutation_values():
 # bad inputs
 # ---------------------------------------------------------------------------
 
-ok_game = lambda s: float(len(s))
+
+def ok_game(s):
+    return float(len(s))
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.0, "3", None, True, 21, 64])
@@ -438,7 +438,10 @@ def test_exact_rejects_21_players_before_calling_utility():
 
 def test_numpy_int_player_count_accepted():
     assert exact_shapley(np.int64(2), ok_game) == pytest.approx([1.0, 1.0])
-    assert permutation_shapley(CoalitionGame(np.int32(2), ok_game), np.int64(3), seed=np.uint8(1)).tolist() == [1.0, 1.0]
+    assert permutation_shapley(CoalitionGame(np.int32(2), ok_game), np.int64(3), seed=np.uint8(1)).tolist() == [
+        1.0,
+        1.0,
+    ]
 
 
 @pytest.mark.parametrize("fn", ["exact", "perm"])
@@ -458,7 +461,9 @@ def test_rejects_non_callable_utility(fn, utility):
     ids=["nan", "inf", "-inf", "str", "None", "list", "bool", "huge-int"],
 )
 def test_rejects_bad_utility_values_naming_the_coalition(fn, bad_value):
-    game = lambda s: bad_value if s == frozenset({0, 1}) else 1.0
+    def game(s):
+        return bad_value if s == frozenset({0, 1}) else 1.0
+
     with pytest.raises(InvalidInput, match=r"\[0, 1\]"):
         if fn == "exact":
             exact_shapley(3, game)
@@ -468,7 +473,9 @@ def test_rejects_bad_utility_values_naming_the_coalition(fn, bad_value):
 
 
 def test_utility_numpy_and_fraction_values_accepted():
-    game = lambda s: np.float32(len(s)) if 0 in s else Fraction(len(s), 2)
+    def game(s):
+        return np.float32(len(s)) if 0 in s else Fraction(len(s), 2)
+
     phi = exact_shapley(2, game)
     assert math.fsum(phi) == pytest.approx(2.0)
 
@@ -498,8 +505,19 @@ def test_permutation_rejects_non_bool_cache():
 
 @pytest.mark.parametrize(
     "perm",
-    [[], [0, 0, 1], [0, 1, 3], [1, 2, 3], [-1, 0, 1], [0, 1.0, 2], [True, False], "012",
-     np.array([[0, 1], [1, 0]]), None, 3],
+    [
+        [],
+        [0, 0, 1],
+        [0, 1, 3],
+        [1, 2, 3],
+        [-1, 0, 1],
+        [0, 1.0, 2],
+        [True, False],
+        "012",
+        np.array([[0, 1], [1, 0]]),
+        None,
+        3,
+    ],
 )
 def test_marginals_rejects_bad_permutations(perm):
     with pytest.raises(InvalidInput):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from fedcoin.chain.transactions import make_transaction
 from fedcoin.errors import InvalidBlock, StoreError
 from fedcoin.ledger.chain import Chain
 from fedcoin.ledger.store import BlockStore
-from fedcoin.chain.transactions import make_transaction
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -254,9 +254,13 @@ def test_sigkill_mid_write(net, tmp_path):
     g = net.genesis()
     rng = random.Random(1234)
     last_height = 0
-    for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, str(script), str(TESTS_DIR), str(path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _attempt in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(TESTS_DIR), str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = proc.stdout.readline()
             assert line.startswith("ready"), proc.stderr.read()
@@ -273,7 +277,7 @@ def test_sigkill_mid_write(net, tmp_path):
             # the head's ancestry is complete and linked
             main = chain.main_chain()
             assert [b.height for b in main] == list(range(chain.height + 1))
-            for parent, child in zip(main, main[1:]):
+            for parent, child in zip(main, main[1:], strict=False):
                 assert child.header.prev_hash == parent.hash
             # balances equal a fresh replay, supply conserved
             fresh = replayed(net, g, chain)

@@ -7,11 +7,12 @@ import hashlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from fedcoin.chain.encoding import canonical_json, tagged
-from fedcoin.errors import InvalidInput, InvalidSignature
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.transactions import MAX_AMOUNT, MAX_MEMO, MINT_ACCOUNT, TX_DOMAIN, Transaction, make_transaction
+from fedcoin.errors import InvalidInput, InvalidSignature
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
@@ -19,7 +20,7 @@ CAROL = Identity.from_seed(b"\x03" * 32)
 
 
 def tx(**kw) -> Transaction:
-    args = dict(recipient=BOB.account, amount=10, nonce=0, kind="transfer", memo="")
+    args = {"recipient": BOB.account, "amount": 10, "nonce": 0, "kind": "transfer", "memo": ""}
     args.update(kw)
     return make_transaction(ALICE, **args)
 
@@ -133,9 +134,7 @@ def test_bad_nonce_rejected(nonce):
         tx(nonce=nonce)
 
 
-@pytest.mark.parametrize(
-    "account", ["", "00" * 31, "AB" * 32, "g" * 64, " " + "a" * 63, "a" * 66, 7, None]
-)
+@pytest.mark.parametrize("account", ["", "00" * 31, "AB" * 32, "g" * 64, " " + "a" * 63, "a" * 66, 7, None])
 def test_bad_account_rejected(account):
     with pytest.raises(InvalidInput):
         tx(recipient=account)
@@ -177,7 +176,7 @@ def test_from_dict_rejects_unknown_field_and_bad_kind():
 
 def test_transaction_is_frozen():
     t = tx()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         t.amount = 5  # type: ignore[misc]
 
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedcoin.fl import fedavg as fl_avg, model as fl_model, partition as fl_partition, training as fl_training
 from fedcoin.errors import InvalidInput
+from fedcoin.fl import fedavg as fl_avg
+from fedcoin.fl import model as fl_model
+from fedcoin.fl import partition as fl_partition
+from fedcoin.fl import training as fl_training
 from fedcoin.valuation.engine import ShapleyEngine
 from fedcoin.valuation.naive import NaiveUtility
 from fedcoin.valuation.problem import check_permutation
@@ -117,7 +120,7 @@ def test_truncation_off_is_identical_and_on_zeroes_only_the_tail(problem):
         gaps = np.abs(vals[1:] - full)
         # tolerances half-way between consecutive gaps, first met strictly inside the permutation
         srt = np.sort(gaps)
-        for lo, hi in zip(srt[1:5], srt[2:6]):
+        for lo, hi in zip(srt[1:5], srt[2:6], strict=False):
             if hi - lo < 1e-5:
                 continue
             tol = (lo + hi) / 2

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 
 from fedcoin.chain.blocks import BlockBody
-from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
-from fedcoin.consensus.rules import verify_block
-from fedcoin.ledger.chain import Chain
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import MINT_ACCOUNT, Transaction, make_transaction
+from fedcoin.consensus.rules import verify_block
+from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
+from fedcoin.ledger.chain import Chain
 
 
 def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
@@ -38,8 +38,10 @@ def env(net, tmp_path):
         txs = [first] if k == 0 else []
         chain.add_block(net.block(chain, winner=k % 4, txs=txs), now=net.NOW)
     assert chain.height == 3
-    pending = [make_transaction(u0, u2.account, 50, 1),
-               make_transaction(net.requester, net.server.account, 5_000, 0, "deposit", "t4")]
+    pending = [
+        make_transaction(u0, u2.account, 50, 1),
+        make_transaction(net.requester, net.server.account, 5_000, 0, "deposit", "t4"),
+    ]
     good = net.block(chain, winner=1, txs=pending)
     assert len(good.body.transactions) == 2 + 1 + 3
     yield net, chain, good, first
@@ -148,8 +150,9 @@ def test_task_signed_by_someone_else(env):
     accept(net, chain, good)
 
 
-@pytest.mark.parametrize("field,value", [("s_avg", [0.5, 0.5]), ("s_winner", [0.5, 0.3, 0.2, 0.0]),
-                                         ("s_avg", []), ("s_winner", [1.0])])
+@pytest.mark.parametrize(
+    "field,value", [("s_avg", [0.5, 0.5]), ("s_winner", [0.5, 0.3, 0.2, 0.0]), ("s_avg", []), ("s_winner", [1.0])]
+)
 def test_shapley_vector_length_mismatch(env, field, value):
     net, chain, good, _ = env
     reject(net, chain, net.reheader(good, net.winner_of(good), **{field: value}), "bad-shapley-length")
@@ -159,8 +162,18 @@ def test_shapley_vector_length_mismatch(env, field, value):
 def test_task_id_with_trailing_newline_rejected():
     # TASK_ID_RE documents "1-128 characters of A-Z a-z 0-9 . _ : -"; "\n" is none of them.
     with pytest.raises(InvalidInput):
-        ShapleyTask.from_dict({"task_id": "t1\n", "server": "aa" * 32, "round": 0, "clients": ["bb" * 32],
-                               "train_price": 1, "sap_price": 1, "published_at": 0, "content_hash": "cc" * 32})
+        ShapleyTask.from_dict(
+            {
+                "task_id": "t1\n",
+                "server": "aa" * 32,
+                "round": 0,
+                "clients": ["bb" * 32],
+                "train_price": 1,
+                "sap_price": 1,
+                "published_at": 0,
+                "content_hash": "cc" * 32,
+            }
+        )
 
 
 @pytest.mark.parametrize("iterations", [0])
@@ -180,8 +193,9 @@ def test_bad_merkle_root_body_changed(env):
     net, chain, good, _ = env
     txs = good.body.transactions
     reject(net, chain, net.rebody(good, None, transactions=txs[1:], fix_merkle=False), "bad-merkle-root")
-    reject(net, chain, net.rebody(good, None, transactions=[txs[1], txs[0], *txs[2:]], fix_merkle=False),
-           "bad-merkle-root")
+    reject(
+        net, chain, net.rebody(good, None, transactions=[txs[1], txs[0], *txs[2:]], fix_merkle=False), "bad-merkle-root"
+    )
     accept(net, chain, good)
 
 
@@ -324,8 +338,14 @@ def test_payout_wrong_amount_sender_memo_nonce(env):
     net, chain, good, _ = env
     w = net.winner_of(good)
     user, payout, rewards = settlement(good)
-    for upd in ({"amount": payout.amount + 1}, {"amount": payout.amount - 1}, {"sender": net.requester.account},
-                {"recipient": net.miners[3].account}, {"memo": "t1"}, {"nonce": 1}):
+    for upd in (
+        {"amount": payout.amount + 1},
+        {"amount": payout.amount - 1},
+        {"sender": net.requester.account},
+        {"recipient": net.miners[3].account},
+        {"memo": "t1"},
+        {"nonce": 1},
+    ):
         bad_p = payout.model_copy(update=upd)
         reject(net, chain, net.rebody(good, w, transactions=[*user, bad_p, *rewards]), "bad-rewards")
     accept(net, chain, good)
@@ -352,8 +372,11 @@ def test_reward_to_non_positive_client(env, s_avg):
     extra = make_transaction(w, net.clients[2].account, 1, rewards[-1].nonce + 1, "reward", "t4")
     reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *rewards, extra]), "bad-rewards")
     # moving one unit from client 1 to client 2 keeps the total but breaks the rule
-    moved = [rewards[0], resign_tx(rewards[1], w, amount=rewards[1].amount - 1),
-             make_transaction(w, net.clients[2].account, 1, rewards[1].nonce + 1, "reward", "t4")]
+    moved = [
+        rewards[0],
+        resign_tx(rewards[1], w, amount=rewards[1].amount - 1),
+        make_transaction(w, net.clients[2].account, 1, rewards[1].nonce + 1, "reward", "t4"),
+    ]
     reject(net, chain, net.rebody(good, w, transactions=[*user, payout, *moved]), "bad-rewards")
     c2 = chain.balance(net.clients[2].account)
     accept(net, chain, good)
@@ -441,8 +464,9 @@ def test_nonce_gap(env):
     net, chain, good, _ = env
     u = net.users[1]
     t = make_transaction(u, net.users[2].account, 5, chain.nonce(u.account) + 1)
-    reject(net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]),
-           "bad-transaction")
+    reject(
+        net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]), "bad-transaction"
+    )
 
 
 def test_overdraft(env):
@@ -498,8 +522,9 @@ def test_self_transfer(env):
     net, chain, good, _ = env
     u = net.users[1]
     t = make_transaction(u, u.account, 5, chain.nonce(u.account))
-    reject(net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]),
-           "bad-transaction")
+    reject(
+        net, chain, net.rebody(good, net.winner_of(good), transactions=[t, *good.body.transactions]), "bad-transaction"
+    )
 
 
 def test_payout_carries_no_signature(env):
@@ -558,8 +583,9 @@ def test_known_block_is_idempotent(env):
 
 
 def funded_task(net, chain, task_id="t4", amount=5_000):
-    dep = make_transaction(net.requester, net.server.account, amount, chain.nonce(net.requester.account),
-                           "deposit", task_id)
+    dep = make_transaction(
+        net.requester, net.server.account, amount, chain.nonce(net.requester.account), "deposit", task_id
+    )
     h = chain.height + 1
     return net.task(task_id, published_at=net.T0 + 1_000 * h, funding=[dep]), dep
 

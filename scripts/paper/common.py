@@ -10,6 +10,7 @@ the services' default: the paper's 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,25 +23,26 @@ import numpy as np
 import torch
 
 from fedcoin.chain.genesis import ChainParams
-from fedcoin.fl import partition as fl_partition, training as fl_training
+from fedcoin.fl import partition as fl_partition
+from fedcoin.fl import training as fl_training
 from fedcoin.fl.data import load_dataset
 from fedcoin.node.server import load_validation
 from fedcoin.node.settings import ClientSettings, ServerSettings, default
 
 # --- the paper's setting (Section 6.1) -------------------------------------------
-NUM_CLIENTS = 100          # "100 FL clients"
-NUM_TYPES = default(ClientSettings, "num_types")                   # "10 groups of 10 clients each"
+NUM_CLIENTS = 100  # "100 FL clients"
+NUM_TYPES = default(ClientSettings, "num_types")  # "10 groups of 10 clients each"
 SAMPLES_PER_CLIENT = default(ClientSettings, "samples_per_client")
-LOCAL_ITERATIONS = default(ServerSettings, "local_iterations")     # "trains the model for 20 iterations"
-P_NORM = ChainParams().p   # "We set p = 2"
-MINERS = 4                 # ">= 4 miners"
+LOCAL_ITERATIONS = default(ServerSettings, "local_iterations")  # "trains the model for 20 iterations"
+P_NORM = ChainParams().p  # "We set p = 2"
+MINERS = 4  # ">= 4 miners"
 # --- the FL server's defaults ---------------------------------------------------------
 HIDDEN = default(ServerSettings, "hidden")
 LR = default(ServerSettings, "lr")
 BATCH_SIZE = default(ServerSettings, "batch_size")
 VAL_SIZE = default(ServerSettings, "val_size")
 VAL_SEED = default(ServerSettings, "val_seed")
-EMPTY_VALUE = 0.0          # v(empty) = 0, as in the paper (the services default to "global")
+EMPTY_VALUE = 0.0  # v(empty) = 0, as in the paper (the services default to "global")
 
 PAPER_TABLE2 = [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18]
 
@@ -62,8 +64,12 @@ def load_data(dataset: str, data_dir: str | None) -> dict:
         X_val, y_val = load_validation(dataset, data_dir, VAL_SIZE, VAL_SEED)
         _DATA_CACHE[key] = {
             "name": ds.name,
-            "X": X, "y": y, "X_test": Xt, "y_test": yt,
-            "X_val": X_val, "y_val": y_val,
+            "X": X,
+            "y": y,
+            "X_test": Xt,
+            "y_test": yt,
+            "X_val": X_val,
+            "y_val": y_val,
             "all_labels": np.concatenate([ds.train_labels, ds.test_labels]),
         }
     return _DATA_CACHE[key]
@@ -84,8 +90,16 @@ def fedavg(clients, rounds: int, seed: int, data: dict | None = None) -> fl_trai
     kw = {}
     if data is not None:
         kw = {"X_val": data["X_val"], "y_val": data["y_val"]}
-    return fl_training.run_fedavg(clients, rounds=rounds, hidden=HIDDEN, iterations=LOCAL_ITERATIONS,
-                         batch_size=BATCH_SIZE, lr=LR, seed=seed, **kw)
+    return fl_training.run_fedavg(
+        clients,
+        rounds=rounds,
+        hidden=HIDDEN,
+        iterations=LOCAL_ITERATIONS,
+        batch_size=BATCH_SIZE,
+        lr=LR,
+        seed=seed,
+        **kw,
+    )
 
 
 def by_type(values, types, num_types: int = NUM_TYPES) -> list[list[float]]:
@@ -96,10 +110,8 @@ def by_type(values, types, num_types: int = NUM_TYPES) -> list[list[float]]:
 
 def machine() -> dict:
     load = None
-    try:
+    with contextlib.suppress(OSError):
         load = list(os.getloadavg())
-    except OSError:
-        pass
     return {
         "cpu_count": os.cpu_count(),
         "sched_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -130,8 +142,16 @@ def style():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "font.size": 10, "axes.grid": True,
-                         "grid.alpha": 0.3, "axes.titlesize": 11})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 110,
+            "font.size": 10,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.titlesize": 11,
+        }
+    )
     return plt
 
 

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import torch
-
 from common import NUM_TYPES, fedavg, load_data, partition, style, type_labels
-from fedcoin.fl import model as fl_model, training as fl_training
+
+from fedcoin.fl import model as fl_model
 
 
 def accuracy_seed(seed: int, rounds: int, dataset: str, data_dir: str | None) -> dict:
@@ -29,11 +29,17 @@ def accuracy_seed(seed: int, rounds: int, dataset: str, data_dir: str | None) ->
     ref = fl_model.evaluate(fedavg(clients, rounds, seed).final_weights, Xt, yt)
     per_type = []
     for j in range(NUM_TYPES):
-        sub = [c for c, t in zip(clients, part.types) if t == j]
+        sub = [c for c, t in zip(clients, part.types, strict=False) if t == j]
         per_type.append(fl_model.evaluate(fedavg(sub, rounds, seed).final_weights, Xt, yt))
-    return {"seed": seed, "rounds": rounds, "fl_reference": ref, "by_type": per_type,
-            "accuracy_by_type": [m["accuracy"] for m in per_type], "fl_reference_accuracy": ref["accuracy"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "seed": seed,
+        "rounds": rounds,
+        "fl_reference": ref,
+        "by_type": per_type,
+        "accuracy_by_type": [m["accuracy"] for m in per_type],
+        "fl_reference_accuracy": ref["accuracy"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -61,19 +67,34 @@ def plot(doc: dict, path) -> None:
         col = f"C{i}"
         off = (i - (len(variants) - 1) / 2) * w
         yerr = v["accuracy_by_type_std_across_seeds"] if len(v.get("seeds", [])) > 1 else None
-        ax.bar(x + off, v["accuracy_by_type"], w, yerr=yerr, capsize=3,
-               color=col, alpha=0.7, label=f"10 clients of the type only, {v['rounds']} FedAvg round(s)")
-        ax.axhline(v["fl_reference_accuracy"], color=col, ls="--", lw=1.5,
-                   label=f"all 100 clients (FL model), {v['rounds']} round(s): {v['fl_reference_accuracy']:.3f}")
+        ax.bar(
+            x + off,
+            v["accuracy_by_type"],
+            w,
+            yerr=yerr,
+            capsize=3,
+            color=col,
+            alpha=0.7,
+            label=f"10 clients of the type only, {v['rounds']} FedAvg round(s)",
+        )
+        ax.axhline(
+            v["fl_reference_accuracy"],
+            color=col,
+            ls="--",
+            lw=1.5,
+            label=f"all 100 clients (FL model), {v['rounds']} round(s): {v['fl_reference_accuracy']:.3f}",
+        )
     ax.set_xticks(x, type_labels())
     ax.set_ylim(0, 1.22)
     ax.set_yticks(np.arange(0, 1.01, 0.2))
     ax.set_xlabel("client type (T0 = all 10 labels ... T9 = 1 label)")
     ax.set_ylabel(f"test accuracy ({doc['test_size']} test images)")
     n = len(doc["seeds"])
-    ax.set_title(f"Figure 5 - accuracy of a model trained by one type's 10 clients only\n({doc['dataset']}, "
-                 f"20 local iterations, {n} seed(s)" + (", error bars: ± std across seeds)" if n > 1 else ")"),
-                 fontsize=10)
+    ax.set_title(
+        f"Figure 5 - accuracy of a model trained by one type's 10 clients only\n({doc['dataset']}, "
+        f"20 local iterations, {n} seed(s)" + (", error bars: ± std across seeds)" if n > 1 else ")"),
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(path)

@@ -28,15 +28,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from common import EMPTY_VALUE, MINERS, NUM_CLIENTS, NUM_TYPES, by_type, fedavg, load_data, log, partition, style
 
-from common import (MINERS, NUM_CLIENTS, NUM_TYPES, EMPTY_VALUE, by_type, fedavg, load_data, log, partition,
-                    style)
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.encoding import sha256_hex
-from fedcoin.errors import FedcoinError
+from fedcoin.consensus.posap import derive_permutation
 from fedcoin.devnet.local import LocalNetwork, plan_network
 from fedcoin.devnet.watch import wait_for_agreement
-from fedcoin.consensus.posap import derive_permutation
+from fedcoin.errors import FedcoinError
 from fedcoin.fl.content import pack_task_content, unpack_task_content
 from fedcoin.valuation.engine import engine_for
 
@@ -61,8 +60,12 @@ def engine_rate(dataset: str, data_dir: str | None, metric: str, seconds: float 
         r = fedavg(clients, 1, seed).rounds[0]
         content = pack_task_content(r.updates, r.n_samples, data["X_val"], data["y_val"], r.global_before)
         t = time.perf_counter()
-        engine = engine_for(unpack_task_content(content, sha256_hex(content), NUM_CLIENTS), metric=metric,
-                            empty_value=EMPTY_VALUE, device="cpu")
+        engine = engine_for(
+            unpack_task_content(content, sha256_hex(content), NUM_CLIENTS),
+            metric=metric,
+            empty_value=EMPTY_VALUE,
+            device="cpu",
+        )
         build = time.perf_counter() - t
         n = 0
         t = time.perf_counter()
@@ -72,8 +75,15 @@ def engine_rate(dataset: str, data_dir: str | None, metric: str, seconds: float 
         rate = n / (time.perf_counter() - t)
     finally:
         torch.set_num_threads(threads)
-    return {"permutations_per_second_1_thread": rate, "permutations_timed": n, "engine_build_seconds": build,
-            "content_bytes": len(content), "K": NUM_CLIENTS, "M": int(data["X_val"].shape[0]), "metric": metric}
+    return {
+        "permutations_per_second_1_thread": rate,
+        "permutations_timed": n,
+        "engine_build_seconds": build,
+        "content_bytes": len(content),
+        "K": NUM_CLIENTS,
+        "M": int(data["X_val"].shape[0]),
+        "metric": metric,
+    }
 
 
 # --------------------------------------------------------------------------- one network
@@ -119,9 +129,20 @@ def _thin(points: list, n: int = 150) -> list:
     return [points[i] for i in idx]
 
 
-def run_difficulty(D: float, *, reps: int, cap_s: float, workdir: Path, base_port: int, dataset: str,
-                   data_dir: str | None, metric: str, cap_iterations: int | None = None,
-                   startup_timeout: float = 420.0, poll_s: float = 1.0) -> dict:
+def run_difficulty(
+    D: float,
+    *,
+    reps: int,
+    cap_s: float,
+    workdir: Path,
+    base_port: int,
+    dataset: str,
+    data_dir: str | None,
+    metric: str,
+    cap_iterations: int | None = None,
+    startup_timeout: float = 420.0,
+    poll_s: float = 1.0,
+) -> dict:
     """Start a fresh network at difficulty D and let it mine ``reps`` blocks; stop it.
 
     A round not settled within ``cap_s`` seconds of its publication, or once some miner
@@ -132,15 +153,36 @@ def run_difficulty(D: float, *, reps: int, cap_s: float, workdir: Path, base_por
     if d.exists():
         shutil.rmtree(d)
     port = pick_base_port(base_port)
-    types_spec = ",".join(["0-%d" % (NUM_TYPES - 1)] * (NUM_CLIENTS // NUM_TYPES))  # 100 clients, 10 per type
-    specs = plan_network(d, miners=MINERS, client_types=types_spec, base_port=port, budget=1_000_000, rounds=reps,
-                         dataset=dataset, dataset_dir=data_dir, initial_difficulty=D, retarget_window=10_000,
-                         extra_env={"FEDCOIN_METRIC": metric, "FEDCOIN_EMPTY_VALUE": repr(EMPTY_VALUE),
-                                    "FEDCOIN_MIN_CLIENTS": str(NUM_CLIENTS), "FEDCOIN_CLIENT_WAIT": "600",
-                                    "FEDCOIN_SETTLE_TIMEOUT": str(int(cap_s + 3600))})
+    types_spec = ",".join([f"0-{NUM_TYPES - 1}"] * (NUM_CLIENTS // NUM_TYPES))  # 100 clients, 10 per type
+    specs = plan_network(
+        d,
+        miners=MINERS,
+        client_types=types_spec,
+        base_port=port,
+        budget=1_000_000,
+        rounds=reps,
+        dataset=dataset,
+        dataset_dir=data_dir,
+        initial_difficulty=D,
+        retarget_window=10_000,
+        extra_env={
+            "FEDCOIN_METRIC": metric,
+            "FEDCOIN_EMPTY_VALUE": repr(EMPTY_VALUE),
+            "FEDCOIN_MIN_CLIENTS": str(NUM_CLIENTS),
+            "FEDCOIN_CLIENT_WAIT": "600",
+            "FEDCOIN_SETTLE_TIMEOUT": str(int(cap_s + 3600)),
+        },
+    )
     t0 = time.time()
-    out: dict = {"difficulty": D, "x": x, "reps": reps, "cap_seconds": cap_s, "cap_iterations": cap_iterations,
-                 "base_port": port, "runs": []}
+    out: dict = {
+        "difficulty": D,
+        "x": x,
+        "reps": reps,
+        "cap_seconds": cap_s,
+        "cap_iterations": cap_iterations,
+        "base_port": port,
+        "runs": [],
+    }
     trajectories: dict[str, dict[int, list]] = {}
     last_status: dict[str, dict[int, dict]] = {}
     censored = None
@@ -170,19 +212,30 @@ def run_difficulty(D: float, *, reps: int, cap_s: float, workdir: Path, base_por
                             # a miner may win only once it has heard from a peer (min_peers = 1); before
                             # that its S_bar is its own S and the distance is 0
                             if m.get("distance") is not None and m["iterations"] > 0 and m.get("peers", 0) >= 1:
-                                traj.setdefault(i, []).append((round(time.time() - pub, 2), m["iterations"], m["distance"]))
+                                traj.setdefault(i, []).append(
+                                    (round(time.time() - pub, 2), m["iterations"], m["distance"])
+                                )
                     seen = last_status.get(stid, {})
                     top = max((v["iterations"] for v in seen.values()), default=0)
                     if time.time() - pub > cap_s or (cap_iterations is not None and top >= cap_iterations):
                         its = [seen[i]["iterations"] if i in seen else 0 for i in range(len(miners))]
                         dists = [p[2] for pts in traj.values() for p in pts]
-                        censored = {"round": pending["round"], "task_id": stid, "censored": True,
-                                    "seconds": time.time() - pub, "iterations": max(its), "miner_iterations": its,
-                                    "min_distance_seen": min(dists) if dists else None,
-                                    "last_distances": [seen[i].get("distance") if i in seen else None
-                                                       for i in range(len(miners))]}
-                        log(f"  D={D:g}: round {pending['round']} censored after {censored['seconds']:.0f} s, "
-                            f"{max(its)} iterations, closest distance {censored['min_distance_seen']}")
+                        censored = {
+                            "round": pending["round"],
+                            "task_id": stid,
+                            "censored": True,
+                            "seconds": time.time() - pub,
+                            "iterations": max(its),
+                            "miner_iterations": its,
+                            "min_distance_seen": min(dists) if dists else None,
+                            "last_distances": [
+                                seen[i].get("distance") if i in seen else None for i in range(len(miners))
+                            ],
+                        }
+                        log(
+                            f"  D={D:g}: round {pending['round']} censored after {censored['seconds']:.0f} s, "
+                            f"{max(its)} iterations, closest distance {censored['min_distance_seen']}"
+                        )
                         break
                 if time.time() - t0 > startup_timeout + reps * (cap_s + 300):
                     raise FedcoinError(f"D={D:g}: network made no progress; logs in {d / 'logs'}")
@@ -204,12 +257,20 @@ def run_difficulty(D: float, *, reps: int, cap_s: float, workdir: Path, base_por
         stid = h["task_id"]
         seen = last_status.get(stid, {})
         types = [ctype.get(a, -1) for a in task["clients"]]
-        run = {"round": task["round"], "task_id": stid, "censored": False, "height": h["height"],
-               "iterations": h["iterations"], "seconds": (h["timestamp"] - task["published_at"]) / 1000.0,
-               "difficulty": h["difficulty"], "winner": accounts.index(h["winner"]) if h["winner"] in accounts else None,
-               "miner_iterations_last_seen": [seen[i]["iterations"] if i in seen else None for i in range(len(miners))],
-               "n_clients": len(task["clients"]), "metric": task["metric"],
-               "mean_shapley_by_type": [float(np.mean(v)) if v else None for v in by_type(h["s_avg"], types)]}
+        run = {
+            "round": task["round"],
+            "task_id": stid,
+            "censored": False,
+            "height": h["height"],
+            "iterations": h["iterations"],
+            "seconds": (h["timestamp"] - task["published_at"]) / 1000.0,
+            "difficulty": h["difficulty"],
+            "winner": accounts.index(h["winner"]) if h["winner"] in accounts else None,
+            "miner_iterations_last_seen": [seen[i]["iterations"] if i in seen else None for i in range(len(miners))],
+            "n_clients": len(task["clients"]),
+            "metric": task["metric"],
+            "mean_shapley_by_type": [float(np.mean(v)) if v else None for v in by_type(h["s_avg"], types)],
+        }
         out["runs"].append(run)
     if censored is not None:
         out["runs"].append(censored)
@@ -255,11 +316,18 @@ def fit_constant(records: list[dict], min_iterations: int = 16) -> dict:
     ratio, calib = None, None
     if reached:
         calib = min(rec["difficulty"] for rec in reached)
-        its = [r["iterations"] for rec in reached if rec["difficulty"] == calib for r in rec["runs"] if not r["censored"]]
+        its = [
+            r["iterations"] for rec in reached if rec["difficulty"] == calib for r in rec["runs"] if not r["censored"]
+        ]
         ratio = float(np.median(its)) / (c / calib) ** 2
-    return {"c": c, "points": len(cs), "free_slope_loglog": slope, "first_passage_ratio": ratio,
-            "calibrated_on_difficulty": calib,
-            "law": "typical distance ~ c / sqrt(iterations); iterations to reach D ~ ratio * (c / D)^2"}
+    return {
+        "c": c,
+        "points": len(cs),
+        "free_slope_loglog": slope,
+        "first_passage_ratio": ratio,
+        "calibrated_on_difficulty": calib,
+        "law": "typical distance ~ c / sqrt(iterations); iterations to reach D ~ ratio * (c / D)^2",
+    }
 
 
 def predicted_iterations(fit: dict, D: float) -> float | None:
@@ -316,58 +384,98 @@ def plot(doc: dict, path: Path) -> None:
     xs_all = [r["x"] for r in recs]
     xgrid = np.linspace(min(xs_all) - 0.1, max(xs_all) + 0.1, 100)
     for ax, key, unit in ((axes[0], "iterations", "Shapley iterations of the winner"), (axes[1], "seconds", "seconds")):
-        mx, my = [], []
-        for rec, col in zip(recs, colors):
+        mx: list[float] = []
+        my: list[float] = []
+        for rec in recs:
             done = [r[key] for r in rec["runs"] if not r["censored"]]
             cens = [r[key] for r in rec["runs"] if r["censored"]]
             jitter = np.linspace(-0.06, 0.06, len(done)) if len(done) > 1 else [0.0] * len(done)
-            ax.scatter(np.array([rec["x"]] * len(done)) + jitter, done, color="C0", alpha=0.6, s=22, zorder=3,
-                       label="block (one repetition)" if rec is recs[0] or not mx else None)
+            ax.scatter(
+                np.array([rec["x"]] * len(done)) + jitter,
+                done,
+                color="C0",
+                alpha=0.6,
+                s=22,
+                zorder=3,
+                label="block (one repetition)" if rec is recs[0] or not mx else None,
+            )
             if done:
                 mx.append(rec["x"])
                 my.append(float(np.median(done)))
             if cens:
-                ax.scatter([rec["x"]] * len(cens), cens, marker="^", s=80, facecolors="none", edgecolors="C3", zorder=4,
-                           label="not reached within (lower bound)")
+                ax.scatter(
+                    [rec["x"]] * len(cens),
+                    cens,
+                    marker="^",
+                    s=80,
+                    facecolors="none",
+                    edgecolors="C3",
+                    zorder=4,
+                    label="not reached within (lower bound)",
+                )
                 for c in cens:
-                    ax.annotate("", xy=(rec["x"], c * 4), xytext=(rec["x"], c), arrowprops=dict(arrowstyle="->", color="C3"))
+                    ax.annotate(
+                        "", xy=(rec["x"], c * 4), xytext=(rec["x"], c), arrowprops={"arrowstyle": "->", "color": "C3"}
+                    )
                 pred = rec.get("predicted_iterations" if key == "iterations" else "predicted_seconds")
                 if pred:
-                    ax.scatter([rec["x"]], [pred], marker="x", color="0.35", zorder=4,
-                               label="predicted (fit), not measured")
+                    ax.scatter(
+                        [rec["x"]], [pred], marker="x", color="0.35", zorder=4, label="predicted (fit), not measured"
+                    )
                     text = f"{pred:.1e}" if key == "iterations" else human_seconds(pred)
-                    ax.annotate(text, (rec["x"], pred), textcoords="offset points", xytext=(-8, 6), ha="right",
-                                fontsize=8, color="0.3")
+                    ax.annotate(
+                        text,
+                        (rec["x"], pred),
+                        textcoords="offset points",
+                        xytext=(-8, 6),
+                        ha="right",
+                        fontsize=8,
+                        color="0.3",
+                    )
         ax.plot(mx, my, "o-", color="C0", lw=2, label="median of the blocks")
         if fit.get("c"):
-            pred = np.array([predicted_iterations(fit, 10 ** -x) for x in xgrid])
+            pred = np.array([predicted_iterations(fit, 10**-x) for x in xgrid])
             pred = np.where(pred < 1, np.nan, pred)
             if key == "seconds":
                 pred = pred / rate if rate else None
             if pred is not None:
-                ax.plot(xgrid, pred, ":", color="gray",
-                        label=r"$\propto D^{-2}$: fit $\|S-\bar S\|_2 \approx c/\sqrt{t}$"
-                        + ("" if key == "iterations" else f", {rate:.1f} it/s per miner"))
+                ax.plot(
+                    xgrid,
+                    pred,
+                    ":",
+                    color="gray",
+                    label=r"$\propto D^{-2}$: fit $\|S-\bar S\|_2 \approx c/\sqrt{t}$"
+                    + ("" if key == "iterations" else f", {rate:.1f} it/s per miner"),
+                )
         if key == "iterations":
             ax.axhline(PAPER_PLATEAU, color="C1", ls="--", label="paper: plateau ~2,500 (Sec. 6.3)")
         ax.set_yscale("log")
         ax.set_xlabel(r"$-\log_{10} D$")
         ax.set_ylabel(unit)
         handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
+        uniq = dict(zip(labels, handles, strict=False))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper left")
     axes[0].set_title("Block generation time in Shapley iterations")
-    axes[1].set_title(f"Block generation time in seconds ({doc['meta']['machine']['cpu_count']} cores, "
-                      f"{doc['miners']} miners)")
+    axes[1].set_title(
+        f"Block generation time in seconds ({doc['meta']['machine']['cpu_count']} cores, {doc['miners']} miners)"
+    )
     ax = axes[2]
-    for rec, col in zip(recs, colors):
+    for rec, col in zip(recs, colors, strict=False):
         first = True
-        for stid, traj in rec.get("trajectories", {}).items():
+        for _stid, traj in rec.get("trajectories", {}).items():
             for pts in traj.values():
                 if pts:
                     t = [p[1] for p in pts]
                     dist = [p[2] for p in pts]
-                    ax.plot(t, dist, "-", color=col, alpha=0.5, lw=1, label=f"D = {fmt_d(rec['difficulty'])}" if first else None)
+                    ax.plot(
+                        t,
+                        dist,
+                        "-",
+                        color=col,
+                        alpha=0.5,
+                        lw=1,
+                        label=f"D = {fmt_d(rec['difficulty'])}" if first else None,
+                    )
                     first = False
         ax.axhline(rec["difficulty"], color=col, ls="--", lw=0.8)
     if fit.get("c"):
@@ -381,8 +489,11 @@ def plot(doc: dict, path: Path) -> None:
     ax.set_ylabel(r"$\|S - \bar S\|_2$ (polled GET /status)")
     ax.set_title("Why: a miner's distance to the network average (dashed: D)")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
-    fig.suptitle(f"Figure 6 - block generation time vs difficulty: {doc['miners']} networked miners, "
-                 f"K={doc['clients']} clients, {doc['dataset']}, metric {doc['metric']}, p=2", fontsize=12)
+    fig.suptitle(
+        f"Figure 6 - block generation time vs difficulty: {doc['miners']} networked miners, "
+        f"K={doc['clients']} clients, {doc['dataset']}, metric {doc['metric']}, p=2",
+        fontsize=12,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

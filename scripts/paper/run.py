@@ -31,32 +31,45 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-import common  # noqa: E402
-from common import log  # noqa: E402
+import common  # this script's directory is first on sys.path (and so on its workers')
+from common import log
 
 ITEMS = ("table2", "fig4", "fig5", "fig6")
-FILES = {"table2": "table2_emd", "fig4": "fig4_shapley_by_type", "fig5": "fig5_accuracy_by_type",
-         "fig6": "fig6_block_time"}
+FILES = {
+    "table2": "table2_emd",
+    "fig4": "fig4_shapley_by_type",
+    "fig5": "fig5_accuracy_by_type",
+    "fig6": "fig6_block_time",
+}
 
 # Per mode: seeds, Figure 4 (metric, D, max iterations per miner; secondary metric and D),
 # Figure 5 (FedAvg rounds), Figure 6 ((D, repetitions = blocks, cap in seconds per block, cap in iterations), ...).
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "seeds": 3,
-        "fig4": {"metric": "accuracy", "difficulty": 2e-2, "max_iterations": 50_000,
-                 "secondary": {"metric": "neg_loss", "difficulty": 0.13}},
+        "fig4": {
+            "metric": "accuracy",
+            "difficulty": 2e-2,
+            "max_iterations": 50_000,
+            "secondary": {"metric": "neg_loss", "difficulty": 0.13},
+        },
         "fig5_rounds": [1, 10],
         "fig6_metric": "accuracy",
         # D <= 1e-3 are out of reach here (see the README): 1e-3 runs past the paper's 2,500-iteration plateau,
         # 1e-4 .. 1e-6 get a short cap each; both are recorded as lower bounds.
-        "fig6": [(1e-1, 3, 300, None), (1e-2, 3, 1200, None), (1e-3, 1, 900, 3000),
-                 (1e-4, 1, 90, None), (1e-5, 1, 90, None), (1e-6, 1, 90, None)],
+        "fig6": [
+            (1e-1, 3, 300, None),
+            (1e-2, 3, 1200, None),
+            (1e-3, 1, 900, 3000),
+            (1e-4, 1, 90, None),
+            (1e-5, 1, 90, None),
+            (1e-6, 1, 90, None),
+        ],
     },
     "quick": {
         "seeds": 1,
@@ -69,12 +82,16 @@ PRESETS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="the CI path: 1 seed, 2 difficulties, small caps (< 5 min)")
     p.add_argument("--dataset", choices=("fashion-mnist", "mnist"), default="fashion-mnist")
-    p.add_argument("--data-dir", default=None,
-                   help="directory of the IDX files (mnist: required unless torchvision can download it)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of the IDX files (mnist: required unless torchvision can download it)",
+    )
     p.add_argument("--out", default="docs/results", help="output directory (default: docs/results)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) for Table 2, Figures 4 and 5")
     p.add_argument("--only", default=",".join(ITEMS), help="comma list of items: table2,fig4,fig5,fig6")
@@ -82,8 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-port", type=int, default=23700, help="first port of the Figure 6 networks")
     p.add_argument("--workdir", default=None, help="state of the Figure 6 networks (default: a temporary directory)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the networks' logs after a successful run")
-    p.add_argument("--replot", action="store_true",
-                   help="only redraw the PNGs of --out from its JSONs (recomputing Figure 6's fit); no experiment")
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw the PNGs of --out from its JSONs (recomputing Figure 6's fit); no experiment",
+    )
     args = p.parse_args(argv)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in args.only if x not in ITEMS]
@@ -106,7 +126,9 @@ def resolve_data_dir(dataset: str, data_dir: str | None) -> str | None:
     try:
         load_dataset("mnist", cache, download=True, max_train=1, max_test=1)
     except (DatasetNotFound, OSError, RuntimeError) as exc:
-        raise SystemExit(f"MNIST not found and not downloadable ({exc}); pass --data-dir DIR with the IDX files")
+        raise SystemExit(
+            f"MNIST not found and not downloadable ({exc}); pass --data-dir DIR with the IDX files"
+        ) from exc
     return str(cache)
 
 
@@ -122,11 +144,20 @@ def meta(args, seeds, started: float, seconds: float, extra: dict | None = None)
         "run_started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": common.machine(),
-        "setting": {"clients": common.NUM_CLIENTS, "types": common.NUM_TYPES,
-                    "samples_per_client": common.SAMPLES_PER_CLIENT, "local_iterations": common.LOCAL_ITERATIONS,
-                    "lr": common.LR, "batch_size": common.BATCH_SIZE, "hidden": list(common.HIDDEN),
-                    "validation_size": common.VAL_SIZE, "p": common.P_NORM, "miners": common.MINERS,
-                    "empty_value": common.EMPTY_VALUE, "aggregation": "fedavg"},
+        "setting": {
+            "clients": common.NUM_CLIENTS,
+            "types": common.NUM_TYPES,
+            "samples_per_client": common.SAMPLES_PER_CLIENT,
+            "local_iterations": common.LOCAL_ITERATIONS,
+            "lr": common.LR,
+            "batch_size": common.BATCH_SIZE,
+            "hidden": list(common.HIDDEN),
+            "validation_size": common.VAL_SIZE,
+            "p": common.P_NORM,
+            "miners": common.MINERS,
+            "empty_value": common.EMPTY_VALUE,
+            "aggregation": "fedavg",
+        },
         **(extra or {}),
     }
 
@@ -144,11 +175,22 @@ def do_fig6(args, preset, out: Path, workdir: Path, started: float) -> dict:
     log(f"  {rate['permutations_per_second_1_thread']:.1f} permutations/s on one thread")
     records = []
     for D, reps, cap, cap_its in preset["fig6"]:
-        log(f"Figure 6: D = {D:g}: fresh network, {reps} block(s), cap {cap} s"
-            + (f" or {cap_its} iterations" if cap_its else "") + " per block")
-        rec = fig6.run_difficulty(D, reps=reps, cap_s=cap, cap_iterations=cap_its, workdir=workdir,
-                                  base_port=args.base_port, dataset=args.dataset, data_dir=args.data_dir,
-                                  metric=metric)
+        log(
+            f"Figure 6: D = {D:g}: fresh network, {reps} block(s), cap {cap} s"
+            + (f" or {cap_its} iterations" if cap_its else "")
+            + " per block"
+        )
+        rec = fig6.run_difficulty(
+            D,
+            reps=reps,
+            cap_s=cap,
+            cap_iterations=cap_its,
+            workdir=workdir,
+            base_port=args.base_port,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            metric=metric,
+        )
         its = [r["iterations"] for r in rec["runs"] if not r["censored"]]
         log(f"  D = {D:g}: blocks at {its} iterations, {rec['censored']} censored; {rec['wall_seconds']:.0f} s")
         records.append(rec)
@@ -161,13 +203,15 @@ def do_fig6(args, preset, out: Path, workdir: Path, started: float) -> dict:
         "clients": common.NUM_CLIENTS,
         "p": common.P_NORM,
         "path": "networked: fedcoin.network.LocalNetwork (miner, server, client, requester services as local "
-                "processes); one fresh network per D; iterations = block header 'iterations'; seconds = block "
-                "timestamp - task published_at",
+        "processes); one fresh network per D; iterations = block header 'iterations'; seconds = block "
+        "timestamp - task published_at",
         "records": records,
         "engine_rate": rate,
-        "paper": {"plateau_iterations": fig6.PAPER_PLATEAU,
-                  "text": "block generation time increases with difficulty; for D < 1e-3 it converges at about "
-                          "2,500 Shapley calculation iterations (Section 6.3)"},
+        "paper": {
+            "plateau_iterations": fig6.PAPER_PLATEAU,
+            "text": "block generation time increases with difficulty; for D < 1e-3 it converges at about "
+            "2,500 Shapley calculation iterations (Section 6.3)",
+        },
     }
     fig6.finalize(doc)
     doc["meta"] = meta(args, None, started, time.time() - t0)
@@ -203,7 +247,8 @@ def do_fig45(args, preset, seeds, out: Path, started: float, workers: int) -> No
     import fig5
 
     t0 = time.time()
-    jobs, tags = [], []
+    jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
+    tags: list[tuple[str, Any]] = []
     if "fig5" in args.only:
         for R in sorted(preset["fig5_rounds"], reverse=True):  # longest jobs first
             for s in seeds:
@@ -211,10 +256,10 @@ def do_fig45(args, preset, seeds, out: Path, started: float, workers: int) -> No
                 tags.append(("fig5", R))
     if "fig4" in args.only:
         f4 = preset["fig4"]
-        variants = [("primary", f4["metric"], f4["difficulty"])]
+        races = [("primary", f4["metric"], f4["difficulty"])]
         if f4.get("secondary"):
-            variants.append(("secondary", f4["secondary"]["metric"], f4["secondary"]["difficulty"]))
-        for kind, metric, D in variants:
+            races.append(("secondary", f4["secondary"]["metric"], f4["secondary"]["difficulty"]))
+        for kind, metric, D in races:
             for s in seeds:
                 jobs.append((fig4.shapley_seed, (s, metric, D, args.dataset, args.data_dir, f4["max_iterations"])))
                 tags.append(("fig4", kind))
@@ -224,43 +269,71 @@ def do_fig45(args, preset, seeds, out: Path, started: float, workers: int) -> No
     if "fig5" in args.only:
         variants = []
         for R in preset["fig5_rounds"]:
-            runs = [r for (k, v), r in zip(tags, results) if k == "fig5" and v == R]
+            runs = [r for (k, v), r in zip(tags, results, strict=False) if k == "fig5" and v == R]
             variants.append({**fig5.aggregate(runs), "runs": runs})
         main = variants[0]
         data = common.load_data(args.dataset, args.data_dir)
-        doc = {"item": "fig5", "dataset": args.dataset, "accuracy_by_type": main["accuracy_by_type"],
-               "fl_reference_accuracy": main["fl_reference_accuracy"], "rounds": main["rounds"],
-               "variants": variants, "test_size": int(data["X_test"].shape[0]), "seeds": seeds,
-               "paper": {"text": "the model accuracy based on data from clients with negative Shapley values is "
-                                 "lower than the accuracy of the FL model based on the 100 clients (Section 6.3)"}}
+        doc = {
+            "item": "fig5",
+            "dataset": args.dataset,
+            "accuracy_by_type": main["accuracy_by_type"],
+            "fl_reference_accuracy": main["fl_reference_accuracy"],
+            "rounds": main["rounds"],
+            "variants": variants,
+            "test_size": int(data["X_test"].shape[0]),
+            "seeds": seeds,
+            "paper": {
+                "text": "the model accuracy based on data from clients with negative Shapley values is "
+                "lower than the accuracy of the FL model based on the 100 clients (Section 6.3)"
+            },
+        }
         doc["meta"] = meta(args, seeds, started, elapsed, {"note": "item_seconds: Figures 4 and 5 ran together"})
         common.write_json(out / f"{FILES['fig5']}.json", doc)
         fig5.plot(doc, out / f"{FILES['fig5']}.png")
         for v in variants:
-            log(f"Figure 5 ({v['rounds']} round(s)): accuracy " + ", ".join(f"{a:.3f}" for a in v["accuracy_by_type"])
-                + f"; 100-client FL {v['fl_reference_accuracy']:.3f}")
+            log(
+                f"Figure 5 ({v['rounds']} round(s)): accuracy "
+                + ", ".join(f"{a:.3f}" for a in v["accuracy_by_type"])
+                + f"; 100-client FL {v['fl_reference_accuracy']:.3f}"
+            )
     if "fig4" in args.only:
         f4 = preset["fig4"]
-        prim = [r for (k, v), r in zip(tags, results) if k == "fig4" and v == "primary"]
-        doc = {"item": "fig4", "dataset": args.dataset, **fig4.aggregate(prim), "metric": f4["metric"],
-               "difficulty": f4["difficulty"], "empty_value": common.EMPTY_VALUE, "runs": prim,
-               "path": "in-process PoSap: fedcoin.simulate.race with 4 PoSapMiners on the round's real task "
-                       "content (pack/unpack_task_content + engine_for, as the miner service), block built by "
-                       "fedcoin.ledger.build_block and verified by every miner's chain",
-               "paper": {"sign_pattern": "+++++-----",
-                         "text": "T0 highest, decreasing from T1 to T9; T0-T4 positive, T5-T9 negative"}}
+        prim = [r for (k, v), r in zip(tags, results, strict=False) if k == "fig4" and v == "primary"]
+        doc = {
+            "item": "fig4",
+            "dataset": args.dataset,
+            **fig4.aggregate(prim),
+            "metric": f4["metric"],
+            "difficulty": f4["difficulty"],
+            "empty_value": common.EMPTY_VALUE,
+            "runs": prim,
+            "path": "in-process PoSap: fedcoin.simulate.race with 4 PoSapMiners on the round's real task "
+            "content (pack/unpack_task_content + engine_for, as the miner service), block built by "
+            "fedcoin.ledger.build_block and verified by every miner's chain",
+            "paper": {
+                "sign_pattern": "+++++-----",
+                "text": "T0 highest, decreasing from T1 to T9; T0-T4 positive, T5-T9 negative",
+            },
+        }
         if f4.get("secondary"):
-            sec = [r for (k, v), r in zip(tags, results) if k == "fig4" and v == "secondary"]
-            doc["secondary"] = {"metric": f4["secondary"]["metric"], "difficulty": f4["secondary"]["difficulty"],
-                                "aggregate": fig4.aggregate(sec), "runs": sec}
+            sec = [r for (k, v), r in zip(tags, results, strict=False) if k == "fig4" and v == "secondary"]
+            doc["secondary"] = {
+                "metric": f4["secondary"]["metric"],
+                "difficulty": f4["secondary"]["difficulty"],
+                "aggregate": fig4.aggregate(sec),
+                "runs": sec,
+            }
         net_blocks = network_blocks(out, args.dataset, f4["metric"])
         doc["network_blocks"] = net_blocks
         doc["meta"] = meta(args, seeds, started, elapsed, {"note": "item_seconds: Figures 4 and 5 ran together"})
         common.write_json(out / f"{FILES['fig4']}.json", doc)
         fig4.plot(doc, out / f"{FILES['fig4']}.png", net_blocks)
         if doc["mean_shapley_by_type"]:
-            log("Figure 4: mean Shapley by type " + ", ".join(f"{v:+.5f}" for v in doc["mean_shapley_by_type"])
-                + f" (sign pattern {doc['sign_pattern']})")
+            log(
+                "Figure 4: mean Shapley by type "
+                + ", ".join(f"{v:+.5f}" for v in doc["mean_shapley_by_type"])
+                + f" (sign pattern {doc['sign_pattern']})"
+            )
     log(f"Figures 4/5 written ({elapsed:.0f} s)")
 
 
@@ -278,8 +351,13 @@ def network_blocks(out: Path, dataset: str, metric: str) -> list[dict]:
     for rec in doc["records"]:
         for r in rec["runs"]:
             if not r["censored"] and r["round"] == 0 and rec["difficulty"] <= 1e-2 + 1e-15:
-                found.append({"difficulty": rec["difficulty"], "iterations": r["iterations"],
-                              "mean_shapley_by_type": r["mean_shapley_by_type"]})
+                found.append(
+                    {
+                        "difficulty": rec["difficulty"],
+                        "iterations": r["iterations"],
+                        "mean_shapley_by_type": r["mean_shapley_by_type"],
+                    }
+                )
     return found
 
 
@@ -305,9 +383,11 @@ def replot(args) -> int:
         png = out / f"{FILES[item]}.png"
         if item == "fig6":
             fig6.finalize(doc)
-            doc["meta"]["replotted"] = {"command": common.command_line(),
-                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "note": "fit/predictions recomputed from the recorded runs"}
+            doc["meta"]["replotted"] = {
+                "command": common.command_line(),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "note": "fit/predictions recomputed from the recorded runs",
+            }
             common.write_json(path, doc)
             fig6.plot(doc, png)
         elif item == "fig4":
@@ -326,18 +406,20 @@ def main(argv=None) -> int:
         return replot(args)
     started = time.time()
 
-    def _terminate(signum, frame):  # noqa: ANN001 - stop the networks' processes on SIGTERM too
+    def _terminate(signum: int, frame: FrameType | None) -> None:  # stop the networks' processes on SIGTERM too
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
-    preset = PRESETS["quick" if args.quick else "full"]
+    preset: dict[str, Any] = PRESETS["quick" if args.quick else "full"]
     seeds = list(range(args.seeds if args.seeds is not None else preset["seeds"]))
     args.data_dir = resolve_data_dir(args.dataset, args.data_dir)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     workers = args.workers if args.workers is not None else max(1, min(2, os.cpu_count() or 1))
-    log(f"paper reproduction: {args.dataset}, items {args.only}, seeds {seeds}, {'quick' if args.quick else 'full'}"
-        f" run, {os.cpu_count()} cores, output {out}")
+    log(
+        f"paper reproduction: {args.dataset}, items {args.only}, seeds {seeds}, {'quick' if args.quick else 'full'}"
+        f" run, {os.cpu_count()} cores, output {out}"
+    )
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedcoin-paper-")).resolve()
     ok = False

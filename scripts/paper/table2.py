@@ -9,8 +9,8 @@ number of classes C = 10 (see the ``emd`` docstring).  Both are recorded.
 from __future__ import annotations
 
 import numpy as np
-
 from common import NUM_TYPES, PAPER_TABLE2, load_data, partition, style, type_labels
+
 from fedcoin.fl import partition as fl_partition
 
 
@@ -48,21 +48,39 @@ def plot(doc: dict, path) -> None:
     x = np.arange(NUM_TYPES)
     ours = np.array(doc["emd_by_type"])
     ax.bar(x - 0.2, doc["paper_emd"], 0.4, color="C1", alpha=0.8, label="paper (Table 2)")
-    ax.bar(x + 0.2, ours, 0.4, color="C0", alpha=0.8,
-           yerr=np.clip([ours - np.array(doc["emd_min_by_type"]), np.array(doc["emd_max_by_type"]) - ours], 0, None),
-           capsize=3,
-           label="ours: mean over clients and seeds (bar: min-max)")
+    ax.bar(
+        x + 0.2,
+        ours,
+        0.4,
+        color="C0",
+        alpha=0.8,
+        yerr=np.clip([ours - np.array(doc["emd_min_by_type"]), np.array(doc["emd_max_by_type"]) - ours], 0, None),
+        capsize=3,
+        label="ours: mean over clients and seeds (bar: min-max)",
+    )
     ax.set_xticks(x, type_labels())
     ax.set_xlabel("client type (type j holds 10 - j labels)")
     ax.set_ylabel("EMD to the whole data set (L1 / 10)")
     ax.set_title(f"Table 2 - data quality per client type ({doc['dataset']})")
     ax.legend(fontsize=8)
     axt.axis("off")
-    rows = [[f"T{j}", f"{doc['paper_emd'][j]:.2f}", f"{ours[j]:.4f}", f"{doc['emd_l1_by_type'][j]:.3f}",
-             str(doc["labels_per_client_by_type"][j][0] if len(doc["labels_per_client_by_type"][j]) == 1
-                 else doc["labels_per_client_by_type"][j])] for j in range(NUM_TYPES)]
-    tab = axt.table(cellText=rows, colLabels=["type", "paper", "ours (L1/10)", "ours L1", "labels"], loc="center",
-                    cellLoc="center")
+    rows = [
+        [
+            f"T{j}",
+            f"{doc['paper_emd'][j]:.2f}",
+            f"{ours[j]:.4f}",
+            f"{doc['emd_l1_by_type'][j]:.3f}",
+            str(
+                doc["labels_per_client_by_type"][j][0]
+                if len(doc["labels_per_client_by_type"][j]) == 1
+                else doc["labels_per_client_by_type"][j]
+            ),
+        ]
+        for j in range(NUM_TYPES)
+    ]
+    tab = axt.table(
+        cellText=rows, colLabels=["type", "paper", "ours (L1/10)", "ours L1", "labels"], loc="center", cellLoc="center"
+    )
     tab.auto_set_font_size(False)
     tab.set_fontsize(9)
     tab.scale(1, 1.35)

@@ -30,8 +30,14 @@ def create_app() -> FastAPI:
     settings = load(ClientSettings)
     start_node(settings)
     X, y = load_dataset(settings.dataset, settings.dataset_dir).train_tensors()
-    clients = make_clients(settings.state_dir / "keys", settings.client_types, X, y, num_types=settings.num_types,
-                           samples_per_client=settings.samples_per_client)
+    clients = make_clients(
+        settings.state_dir / "keys",
+        settings.client_types,
+        X,
+        y,
+        num_types=settings.num_types,
+        samples_per_client=settings.samples_per_client,
+    )
     http = HttpTransport()
     node = ClientNode(clients, settings.server_url, settings.own_url, http)
 

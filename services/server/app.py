@@ -35,8 +35,13 @@ def create_app() -> FastAPI:
     GenesisConfig.load(settings.genesis)  # fail fast on a malformed genesis
     http = httpx.Client()
     server = FLServer(
-        identity, settings, HttpMinerGateway(settings.miners, http), HttpClientGateway(http),
-        validation=lambda: load_validation(settings.dataset, settings.dataset_dir, settings.val_size, settings.val_seed),
+        identity,
+        settings,
+        HttpMinerGateway(settings.miners, http),
+        HttpClientGateway(http),
+        validation=lambda: load_validation(
+            settings.dataset, settings.dataset_dir, settings.val_size, settings.val_seed
+        ),
     )
 
     @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import typer
@@ -45,7 +45,9 @@ def version() -> None:
 
 
 @app.command()
-def keygen(path: Path = typer.Argument(..., help="where to write the private key (mode 0600)"), overwrite: bool = False) -> None:
+def keygen(
+    path: Path = typer.Argument(..., help="where to write the private key (mode 0600)"), overwrite: bool = False
+) -> None:
     """Create an Ed25519 identity and print its account id."""
     try:
         ident = Identity.generate()
@@ -84,7 +86,15 @@ def _print_chain(ch: Chain) -> None:
         table.add_column(col)
     for b in ch.main_chain():
         h = b.header
-        table.add_row(str(h.height), b.hash[:16], h.winner[:12], h.task_id, f"{h.difficulty:.3g}", str(h.iterations), str(len(b.body.transactions)))
+        table.add_row(
+            str(h.height),
+            b.hash[:16],
+            h.winner[:12],
+            h.task_id,
+            f"{h.difficulty:.3g}",
+            str(h.iterations),
+            str(len(b.body.transactions)),
+        )
     console.print(table)
     bal = Table(title="balances")
     bal.add_column("account")
@@ -101,7 +111,7 @@ def simulate(
     difficulty: float = typer.Option(1e-2, min=1e-9, help="D: the p-distance a winner must reach"),
     budget: int = typer.Option(1_000_000, min=1, help="V in base units"),
     gossip_every: int = typer.Option(5, min=1),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write a summary here"),
+    json_out: Path | None = typer.Option(None, "--json", help="write a summary here"),
 ) -> None:
     """Mine one block in-process: PoSap among miners on a toy data-quality game, then pay by Algorithm 3."""
     qualities = [1.0 - 2.0 * i / (clients - 1) for i in range(clients)]  # from 1 (best) to -1 (worst)
@@ -113,13 +123,22 @@ def simulate(
         _fail(exc)
     exact = exact_shapley(clients, game)
     block = result.block
-    console.print(f"winner: miner {result.winner_index} ({block.header.winner[:16]}...) after {block.header.iterations} iterations; all {miners} chains at height {chains[0].height}")
+    console.print(
+        f"winner: miner {result.winner_index} ({block.header.winner[:16]}...) after {block.header.iterations} "
+        f"iterations; all {miners} chains at height {chains[0].height}"
+    )
     table = Table(title="Shapley values and payments")
     for col in ("client", "quality", "exact S", "block S̄", "paid"):
         table.add_column(col, justify="right")
     ch = chains[0]
     for i, c in enumerate(client_ids):
-        table.add_row(str(i), f"{qualities[i]:+.2f}", f"{exact[i]:+.4f}", f"{block.header.s_avg[i]:+.4f}", str(ch.balance(c.account)))
+        table.add_row(
+            str(i),
+            f"{qualities[i]:+.2f}",
+            f"{exact[i]:+.4f}",
+            f"{block.header.s_avg[i]:+.4f}",
+            str(ch.balance(c.account)),
+        )
     console.print(table)
     _print_chain(ch)
     if any(c.head != ch.head for c in chains):
@@ -174,8 +193,20 @@ def serve(
         load(ROLES[role])  # a bad setting fails here, naming the variable, before uvicorn starts
     except FedcoinError as exc:
         _fail(exc)
-    os.execvp(sys.executable, [sys.executable, "-m", "uvicorn", f"services.{role}.app:create_app", "--factory",
-                               "--host", host, "--port", str(port)])
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"services.{role}.app:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+    )
 
 
 @app.command()
@@ -184,21 +215,33 @@ def demo(
     client_types: str = typer.Option("0-9", help="quality types of the clients, one client each"),
     budget: int = typer.Option(1_000_000, min=1, help="V in base units"),
     rounds: int = typer.Option(1, min=1, max=20),
-    base_port: int = typer.Option(8000, min=1024, max=60000, help="requester port; server +1, client +2, miners +101.."),
-    directory: Optional[Path] = typer.Option(None, "--dir", help="node state (default: a new temporary directory)"),
+    base_port: int = typer.Option(
+        8000, min=1024, max=60000, help="requester port; server +1, client +2, miners +101.."
+    ),
+    directory: Path | None = typer.Option(None, "--dir", help="node state (default: a new temporary directory)"),
     dataset: str = typer.Option("fashion-mnist"),
-    data_dir: Optional[Path] = typer.Option(None, help="directory of MNIST-format IDX files"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write a summary here"),
+    data_dir: Path | None = typer.Option(None, help="directory of MNIST-format IDX files"),
+    json_out: Path | None = typer.Option(None, "--json", help="write a summary here"),
     serve_after: bool = typer.Option(False, "--serve", help="keep the network running after the task"),
     timeout: float = typer.Option(600.0, help="seconds to wait for the task"),
     difficulty: float = typer.Option(DEFAULT_DIFFICULTY, help="initial difficulty D of a new network"),
 ) -> None:
     """Run the whole network as local processes, one paid training task end to end."""
     base = directory or Path(tempfile.mkdtemp(prefix="fedcoin-demo-"))
-    specs = plan_network(base, miners=miners, client_types=client_types, base_port=base_port, budget=budget,
-                         rounds=rounds, dataset=dataset, dataset_dir=str(data_dir) if data_dir else None,
-                         initial_difficulty=difficulty)
-    console.print(f"[bold]FedCoin demo[/bold]: {miners} miners, clients of types {client_types}, V = {budget}; state in {base}")
+    specs = plan_network(
+        base,
+        miners=miners,
+        client_types=client_types,
+        base_port=base_port,
+        budget=budget,
+        rounds=rounds,
+        dataset=dataset,
+        dataset_dir=str(data_dir) if data_dir else None,
+        initial_difficulty=difficulty,
+    )
+    console.print(
+        f"[bold]FedCoin demo[/bold]: {miners} miners, clients of types {client_types}, V = {budget}; state in {base}"
+    )
     t0 = time.time()
     with LocalNetwork(base, specs) as net:
         try:
@@ -214,9 +257,11 @@ def demo(
                 key = (doc["status"], len(doc.get("round_results", [])), bool(doc.get("pending_round")))
                 if key != last.get("key"):
                     last["key"] = key
-                    console.print(f"  [{time.time() - t0:6.1f} s] task {doc['task_id']}: {doc['status']}, "
-                                  f"{len(doc.get('round_results', []))}/{doc['rounds']} rounds settled"
-                                  + (", Shapley task published, miners racing" if doc.get("pending_round") else ""))
+                    console.print(
+                        f"  [{time.time() - t0:6.1f} s] task {doc['task_id']}: {doc['status']}, "
+                        f"{len(doc.get('round_results', []))}/{doc['rounds']} rounds settled"
+                        + (", Shapley task published, miners racing" if doc.get("pending_round") else "")
+                    )
 
             doc = wait_for_task(server, "default", timeout=timeout, on_progress=progress)
             head = wait_for_agreement(net.miner_urls, doc["round_results"][-1]["block_height"])
@@ -226,49 +271,75 @@ def demo(
                 client_info = http.get(f"{net.url('client')}/clients").json()
         except FedcoinError as exc:
             console.print(f"[red]demo failed:[/red] {exc}; logs in {base / 'logs'}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from exc
         types = {c["account"]: c["client_type"] for c in client_info}
-        console.print(f"task done in {time.time() - t0:.1f} s; all {miners} miners agree on head {head['hash'][:16]} at height {head['height']}")
+        console.print(
+            f"task done in {time.time() - t0:.1f} s; all {miners} miners agree on head {head['hash'][:16]} "
+            f"at height {head['height']}"
+        )
         table = Table(title="chain")
         for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
             table.add_column(col)
         for row in chain_rows:
-            table.add_row(str(row["height"]), row["hash"][:16], row["winner"][:12], row["task_id"], f"{row['difficulty']:.3g}",
-                          str(row["iterations"]), str(row["transactions"]))
+            table.add_row(
+                str(row["height"]),
+                row["hash"][:16],
+                row["winner"][:12],
+                row["task_id"],
+                f"{row['difficulty']:.3g}",
+                str(row["iterations"]),
+                str(row["transactions"]),
+            )
         console.print(table)
         shapley_out = []
         for res in doc["round_results"]:
             paid = {p["to"]: p["amount"] for p in res["payments"].get("reward", [])}
-            t = Table(title=f"round {res['round']}: block {res['block_height']}, winner {res['winner'][:12]}, "
-                            f"validation accuracy {res['metrics'].get('accuracy', float('nan')):.3f}")
+            t = Table(
+                title=f"round {res['round']}: block {res['block_height']}, winner {res['winner'][:12]}, "
+                f"validation accuracy {res['metrics'].get('accuracy', float('nan')):.3f}"
+            )
             for col in ("client", "type", "Shapley S̄", "paid"):
                 t.add_column(col, justify="right")
             order = sorted(range(len(res["clients"])), key=lambda i: types.get(res["clients"][i], 99))
             for i in order:
                 acct = res["clients"][i]
                 t.add_row(acct[:12], str(types.get(acct, "?")), f"{res['shapley'][i]:+.5f}", str(paid.get(acct, 0)))
-                shapley_out.append({"round": res["round"], "client": acct, "type": types.get(acct), "shapley": res["shapley"][i],
-                                    "paid": paid.get(acct, 0)})
+                shapley_out.append(
+                    {
+                        "round": res["round"],
+                        "client": acct,
+                        "type": types.get(acct),
+                        "shapley": res["shapley"][i],
+                        "paid": paid.get(acct, 0),
+                    }
+                )
             console.print(t)
         console.print(f"supply {sum(bal['balances'].values())} = genesis {bal['supply']}")
         if json_out is not None:
-            json_out.write_text(json.dumps({
-                "miners": net.miner_urls,
-                "server": server,
-                "requester": net.url("requester"),
-                "client_node": net.url("client"),
-                "head": head,
-                "task": {k: doc[k] for k in ("task_id", "budget", "rounds", "prices", "status")},
-                "rounds": doc["round_results"],
-                "shapley": shapley_out,
-                "payments": {r["round"]: r["payments"] for r in doc["round_results"]},
-                "balances": bal["balances"],
-                "supply": bal["supply"],
-                "client_types": types,
-                "seconds": time.time() - t0,
-            }, indent=2))
+            json_out.write_text(
+                json.dumps(
+                    {
+                        "miners": net.miner_urls,
+                        "server": server,
+                        "requester": net.url("requester"),
+                        "client_node": net.url("client"),
+                        "head": head,
+                        "task": {k: doc[k] for k in ("task_id", "budget", "rounds", "prices", "status")},
+                        "rounds": doc["round_results"],
+                        "shapley": shapley_out,
+                        "payments": {r["round"]: r["payments"] for r in doc["round_results"]},
+                        "balances": bal["balances"],
+                        "supply": bal["supply"],
+                        "client_types": types,
+                        "seconds": time.time() - t0,
+                    },
+                    indent=2,
+                )
+            )
         if serve_after:
-            console.print("network running (Ctrl-C stops it): " + ", ".join(f"{n} {s.url}" for n, s in net.specs.items()))
+            console.print(
+                "network running (Ctrl-C stops it): " + ", ".join(f"{n} {s.url}" for n, s in net.specs.items())
+            )
             try:
                 while True:
                     time.sleep(3600)

@@ -8,12 +8,12 @@ model whose ``from_dict`` / ``from_json`` turn validation failures into
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .encoding import is_hex
 from ..errors import InvalidInput
+from .encoding import is_hex
 from .identity import check_account
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -47,14 +47,14 @@ class LedgerModel(BaseModel):
         return self.model_dump()
 
     @classmethod
-    def from_dict(cls, data: Any):  # noqa: ANN206 - returns cls
+    def from_dict(cls, data: Any) -> Self:
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise InvalidInput(f"malformed {cls.what}: {exc}") from exc
 
     @classmethod
-    def from_json(cls, text: str | bytes):  # noqa: ANN206 - returns cls
+    def from_json(cls, text: str | bytes) -> Self:
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:

@@ -15,10 +15,10 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from .blocks import Block, BlockBody, BlockHeader, body_merkle_root
-from .encoding import ZERO_HASH, sha256_hex, tagged
 from fedcoin.errors import InvalidInput
 
+from .blocks import Block, BlockBody, BlockHeader, body_merkle_root
+from .encoding import ZERO_HASH, sha256_hex, tagged
 from .fields import LedgerModel
 from .identity import check_account
 from .transactions import MAX_AMOUNT, MINT_ACCOUNT, Transaction
@@ -44,7 +44,7 @@ class ChainParams(LedgerModel):
     median_time_window: int = Field(default=11, ge=1, le=1000)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ChainParams":
+    def _bounds(self) -> ChainParams:
         for name in ("p", "initial_difficulty", "max_adjust", "min_difficulty", "max_difficulty"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")

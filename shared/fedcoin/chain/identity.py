@@ -14,8 +14,8 @@ from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .encoding import is_hex
 from ..errors import InvalidInput, InvalidSignature
+from .encoding import is_hex
 
 ACCOUNT_HEX_LEN = 64
 SIGNATURE_HEX_LEN = 128
@@ -44,11 +44,11 @@ class Identity:
         self.account: str = raw.hex()
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls) -> Identity:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "Identity":
+    def from_seed(cls, seed: bytes) -> Identity:
         """Deterministic identity from a 32-byte seed (tests and reproducible demos)."""
         if not isinstance(seed, bytes) or len(seed) != 32:
             raise InvalidInput("an Ed25519 seed is exactly 32 bytes")
@@ -79,7 +79,7 @@ class Identity:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Identity":
+    def load(cls, path: str | os.PathLike[str]) -> Identity:
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -94,7 +94,7 @@ class Identity:
         return cls(key)
 
     @classmethod
-    def load_or_create(cls, path: str | os.PathLike[str]) -> "Identity":
+    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
         path = Path(path)
         if path.exists():
             return cls.load(path)

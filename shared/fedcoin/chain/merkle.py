@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from .encoding import is_hex
 from ..errors import InvalidInput
+from .encoding import is_hex
 
 
 def merkle_root(txids: Sequence[str]) -> str:

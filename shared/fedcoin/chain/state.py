@@ -56,7 +56,8 @@ class ChainState:
             expected = self.nonce(tx.sender)
             if tx.nonce != expected:
                 raise InvalidTransaction(
-                    Reason.BAD_NONCE, f"transaction {tx.txid[:16]} has nonce {tx.nonce}, sender's next nonce is {expected}"
+                    Reason.BAD_NONCE,
+                    f"transaction {tx.txid[:16]} has nonce {tx.nonce}, sender's next nonce is {expected}",
                 )
         have = self.balance(tx.sender)
         if have < tx.amount:

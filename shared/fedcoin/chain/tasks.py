@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from .encoding import sha256_hex, tagged
-from .identity import Identity, check_account, verify_signature
 from .fields import AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
+from .identity import Identity, check_account, verify_signature
 from .transactions import MAX_AMOUNT, Transaction
 
 TASK_DOMAIN = "fedcoin/task/v1"
@@ -78,7 +78,6 @@ class ShapleyTask(LedgerModel):
 
     def verify_signature(self) -> None:
         verify_signature(self.server, self.signing_payload(), self.signature)
-
 
 
 def make_task(server: Identity, **fields: Any) -> ShapleyTask:

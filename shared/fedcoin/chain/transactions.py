@@ -38,10 +38,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from .encoding import ZERO_HASH, sha256_hex, tagged
 from ..errors import InvalidInput
-from .identity import Identity, verify_signature
+from .encoding import ZERO_HASH, sha256_hex, tagged
 from .fields import AccountId, LedgerModel
+from .identity import Identity, verify_signature
 
 TX_DOMAIN = "fedcoin/tx/v1"
 WTX_DOMAIN = "fedcoin/wtx/v1"
@@ -111,6 +111,13 @@ def make_transaction(
     if not isinstance(nonce, int) or isinstance(nonce, bool):
         raise InvalidInput("nonce must be an integer")
     unsigned = Transaction.from_dict(
-        {"sender": identity.account, "recipient": recipient, "amount": amount, "nonce": nonce, "kind": kind, "memo": memo}
+        {
+            "sender": identity.account,
+            "recipient": recipient,
+            "amount": amount,
+            "nonce": nonce,
+            "kind": kind,
+            "memo": memo,
+        }
     )
     return unsigned.model_copy(update={"signature": identity.sign(unsigned.signing_payload())})

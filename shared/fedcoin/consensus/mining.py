@@ -43,8 +43,9 @@ class ChainView(Protocol):
     def tail(self, tip: str | None = None) -> list[Block]: ...
 
 
-def _body(task: ShapleyTask, winner: Identity, s_avg: Sequence[float], transactions: Sequence[Transaction],
-          state: ChainState) -> list[Transaction]:
+def _body(
+    task: ShapleyTask, winner: Identity, s_avg: Sequence[float], transactions: Sequence[Transaction], state: ChainState
+) -> list[Transaction]:
     """Pending transactions that apply in order, then Algorithm 3's payout and rewards."""
     txs: list[Transaction] = []
     funding = [tx for tx in task.funding if tx.txid not in state.deposits]
@@ -61,7 +62,9 @@ def _body(task: ShapleyTask, winner: Identity, s_avg: Sequence[float], transacti
     nonce = state.nonce(winner.account)
     for kind, recipient, amount in settlement_transactions(task, winner.account, s_avg):
         if kind == "payout":
-            tx = Transaction(sender=task.server, recipient=recipient, amount=amount, nonce=0, kind="payout", memo=task.task_id)
+            tx = Transaction(
+                sender=task.server, recipient=recipient, amount=amount, nonce=0, kind="payout", memo=task.task_id
+            )
         else:
             tx = make_transaction(winner, recipient, amount, nonce, "reward", task.task_id)
             nonce += 1

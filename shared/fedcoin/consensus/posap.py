@@ -33,7 +33,8 @@ from fedcoin.errors import InvalidInput
 from fedcoin.valuation.sampling import RunningMean
 
 SEED_DOMAIN = "fedcoin/posap-seed/v1"
-MarginalFn = Callable[[Sequence[int]], Sequence[float]]
+Vector = Sequence[float] | np.ndarray
+MarginalFn = Callable[[Sequence[int]], Vector]
 
 
 def _seed(prev_hash: str, task_id: str, miner: str, iteration: int) -> bytes:
@@ -81,7 +82,7 @@ def derive_permutation(prev_hash: str, task_id: str, miner: str, iteration: int,
     return perm
 
 
-def p_distance(a: Sequence[float], b: Sequence[float], p: float = 2.0) -> float:
+def p_distance(a: Vector, b: Vector, p: float = 2.0) -> float:
     """‖a − b‖_p for p ≥ 1 (``math.inf`` gives the max norm)."""
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not p >= 1:
         raise InvalidInput(f"p must be >= 1, got {p!r}")

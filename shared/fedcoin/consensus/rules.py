@@ -63,7 +63,8 @@ def check_task(block: Block) -> ShapleyTask:
     n = task.n_players
     if len(h.s_winner) != n or len(h.s_avg) != n:
         raise InvalidBlock(
-            Reason.BAD_SHAPLEY_LENGTH, f"S vectors have lengths {len(h.s_winner)}/{len(h.s_avg)}, the task has {n} clients"
+            Reason.BAD_SHAPLEY_LENGTH,
+            f"S vectors have lengths {len(h.s_winner)}/{len(h.s_avg)}, the task has {n} clients",
         )
     if h.iterations < 1:
         raise InvalidBlock(Reason.BAD_ITERATIONS, "the winner claims no Shapley iteration")
@@ -94,16 +95,22 @@ def median_time_past(ancestors: Sequence[Block], params: ChainParams) -> int:
     return statistics.median_low([b.header.timestamp for b in ancestors[-params.median_time_window :]])
 
 
-def check_time(block: Block, task: ShapleyTask, ancestors: Sequence[Block], params: ChainParams, now: int | None) -> None:
+def check_time(
+    block: Block, task: ShapleyTask, ancestors: Sequence[Block], params: ChainParams, now: int | None
+) -> None:
     h = block.header
     if h.timestamp < task.published_at:
         raise InvalidBlock(Reason.TIME_BEFORE_TASK, "block is older than the task it settles")
     mtp = median_time_past(ancestors, params)
     if h.height > 1 and h.timestamp <= mtp:
-        raise InvalidBlock(Reason.TIME_TOO_OLD, f"timestamp {h.timestamp} is not after the median of recent blocks ({mtp})")
+        raise InvalidBlock(
+            Reason.TIME_TOO_OLD, f"timestamp {h.timestamp} is not after the median of recent blocks ({mtp})"
+        )
     limit = (now_ms() if now is None else now) + params.max_future_ms
     if h.timestamp > limit:
-        raise InvalidBlock(Reason.TIME_TOO_NEW, f"timestamp {h.timestamp} is more than {params.max_future_ms} ms in the future")
+        raise InvalidBlock(
+            Reason.TIME_TOO_NEW, f"timestamp {h.timestamp} is more than {params.max_future_ms} ms in the future"
+        )
 
 
 def check_posap(block: Block, params: ChainParams, local_avg: Sequence[float] | None) -> None:
@@ -155,7 +162,9 @@ def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) 
     new_state = apply_block(parent_state, block)
     for tx in task.funding:
         if tx.txid not in new_state.deposits:
-            raise InvalidBlock(Reason.UNFUNDED_TASK, f"the task's deposit {tx.txid[:16]}... is not confirmed on this branch")
+            raise InvalidBlock(
+                Reason.UNFUNDED_TASK, f"the task's deposit {tx.txid[:16]}... is not confirmed on this branch"
+            )
     return new_state
 
 

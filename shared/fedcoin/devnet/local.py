@@ -38,11 +38,22 @@ class NodeSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
-def plan_network(directory: Path, *, miners: int = 4, client_types: str = "0-9", base_port: int = 8000,
-                 budget: int = 1_000_000, rounds: int = 1, default_task: bool = True, dataset: str = "fashion-mnist",
-                 dataset_dir: str | None = None, extra_env: dict[str, str] | None = None,
-                 initial_difficulty: float = DEFAULT_DIFFICULTY, target_block_ms: int = DEFAULT_TARGET_BLOCK_MS,
-                 retarget_window: int = DEFAULT_RETARGET_WINDOW) -> list[NodeSpec]:
+def plan_network(
+    directory: Path,
+    *,
+    miners: int = 4,
+    client_types: str = "0-9",
+    base_port: int = 8000,
+    budget: int = 1_000_000,
+    rounds: int = 1,
+    default_task: bool = True,
+    dataset: str = "fashion-mnist",
+    dataset_dir: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    initial_difficulty: float = DEFAULT_DIFFICULTY,
+    target_block_ms: int = DEFAULT_TARGET_BLOCK_MS,
+    retarget_window: int = DEFAULT_RETARGET_WINDOW,
+) -> list[NodeSpec]:
     """Ports: requester base, server base+1, client base+2, miners base+101...; as in docker-compose.
 
     ``initial_difficulty``, ``target_block_ms`` and ``retarget_window`` go to a new
@@ -50,22 +61,51 @@ def plan_network(directory: Path, *, miners: int = 4, client_types: str = "0-9",
     """
     if not 1 <= miners <= 64:
         raise InvalidInput("between 1 and 64 miners")
-    net = init_testnet(directory, initial_difficulty=initial_difficulty, target_block_ms=target_block_ms,
-                       retarget_window=retarget_window)
+    net = init_testnet(
+        directory,
+        initial_difficulty=initial_difficulty,
+        target_block_ms=target_block_ms,
+        retarget_window=retarget_window,
+    )
     miner_urls = [f"http://127.0.0.1:{base_port + 101 + i}" for i in range(miners)]
-    common = {"FEDCOIN_GENESIS": net["genesis"], "FEDCOIN_MINERS": ",".join(miner_urls), "FEDCOIN_DATASET": dataset,
-              "FEDCOIN_SERVER_URL": f"http://127.0.0.1:{base_port + 1}", **(extra_env or {})}
+    common = {
+        "FEDCOIN_GENESIS": net["genesis"],
+        "FEDCOIN_MINERS": ",".join(miner_urls),
+        "FEDCOIN_DATASET": dataset,
+        "FEDCOIN_SERVER_URL": f"http://127.0.0.1:{base_port + 1}",
+        **(extra_env or {}),
+    }
     if dataset_dir:
         common["FEDCOIN_DATASET_DIR"] = str(dataset_dir)
-    specs = [NodeSpec(f"miner{i + 1}", "miner", base_port + 101 + i, {"FEDCOIN_PEERS": ",".join(miner_urls)}) for i in range(miners)]
-    specs.append(NodeSpec("server", "server", base_port + 1, {"FEDCOIN_MIN_CLIENTS": str(len(parse_types(client_types)))}))
+    specs = [
+        NodeSpec(f"miner{i + 1}", "miner", base_port + 101 + i, {"FEDCOIN_PEERS": ",".join(miner_urls)})
+        for i in range(miners)
+    ]
+    specs.append(
+        NodeSpec("server", "server", base_port + 1, {"FEDCOIN_MIN_CLIENTS": str(len(parse_types(client_types)))})
+    )
     specs.append(NodeSpec("client", "client", base_port + 2, {"FEDCOIN_CLIENT_TYPES": client_types}))
-    specs.append(NodeSpec("requester", "requester", base_port, {
-        "FEDCOIN_KEY": net["requester_key"], "FEDCOIN_DEFAULT_TASK": "on" if default_task else "off",
-        "FEDCOIN_BUDGET": str(budget), "FEDCOIN_ROUNDS": str(rounds)}))
+    specs.append(
+        NodeSpec(
+            "requester",
+            "requester",
+            base_port,
+            {
+                "FEDCOIN_KEY": net["requester_key"],
+                "FEDCOIN_DEFAULT_TASK": "on" if default_task else "off",
+                "FEDCOIN_BUDGET": str(budget),
+                "FEDCOIN_ROUNDS": str(rounds),
+            },
+        )
+    )
     for s in specs:
-        s.env = {**common, **s.env, "FEDCOIN_DATA_DIR": str(directory / s.name), "FEDCOIN_ADVERTISE_URL": s.url,
-                 "FEDCOIN_PORT": str(s.port)}
+        s.env = {
+            **common,
+            **s.env,
+            "FEDCOIN_DATA_DIR": str(directory / s.name),
+            "FEDCOIN_ADVERTISE_URL": s.url,
+            "FEDCOIN_PORT": str(s.port),
+        }
     return specs
 
 
@@ -88,10 +128,23 @@ class LocalNetwork:
     def start(self, name: str) -> None:
         s = self.specs[name]
         env = {**os.environ, **s.env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "uvicorn", f"services.{s.role}.app:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(s.port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"services.{s.role}.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.port),
+            "--log-level",
+            "warning",
+        ]
         with open(self.directory / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def start_all(self, order: list[str] | None = None) -> None:
         for name in order or list(self.specs):
@@ -125,7 +178,9 @@ class LocalNetwork:
                 for name in list(pending):
                     p = self.procs.get(name)
                     if p is not None and p.poll() is not None:
-                        raise FedcoinError(f"{name} exited with {p.returncode}; see {self.directory / 'logs' / (name + '.log')}")
+                        raise FedcoinError(
+                            f"{name} exited with {p.returncode}; see {self.directory / 'logs' / (name + '.log')}"
+                        )
                     try:
                         if http.get(f"{self.url(name)}/health").status_code == 200:
                             pending.remove(name)

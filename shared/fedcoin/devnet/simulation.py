@@ -67,7 +67,7 @@ def race(
             difficulty=difficulty,
             p=chains[0].params.p,
         )
-        for m, fn in zip(miners, fns)
+        for m, fn in zip(miners, fns, strict=False)
     ]
     rounds = 0
     while True:
@@ -78,8 +78,8 @@ def race(
                 if i != j:
                     s.receive(miners[j].account, r)
         for i, s in enumerate(states):
-            if s.is_winner():
-                avg = s.network_average()
+            avg = s.network_average()
+            if s.is_winner() and avg is not None:
                 block = build_block(
                     chains[i],
                     task=task,
@@ -104,7 +104,10 @@ def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, pu
     server = Identity.from_seed(b"S" * 32)
     miners = [Identity.from_seed(bytes([0x80 + i]) * 32) for i in range(n_miners)]
     clients = [Identity.from_seed(bytes([0x20 + i]) * 32) for i in range(n_clients)]
-    genesis = GenesisConfig(params=ChainParams(initial_difficulty=difficulty, min_difficulty=min(1e-9, difficulty)), allocations={requester.account: budget})
+    genesis = GenesisConfig(
+        params=ChainParams(initial_difficulty=difficulty, min_difficulty=min(1e-9, difficulty)),
+        allocations={requester.account: budget},
+    )
     chains = [Chain(genesis) for _ in miners]
     train, _com, sap = split_budget(budget)
     deposit = make_transaction(requester, server.account, budget, 0, "deposit", "sim-task")

@@ -37,11 +37,19 @@ def init_testnet(
             raise InvalidInput(f"{genesis_path} does not fund {key}")
     else:
         genesis = GenesisConfig(
-            params=ChainParams(chain_id=chain_id, initial_difficulty=initial_difficulty, target_block_ms=target_block_ms,
-                               retarget_window=retarget_window),
+            params=ChainParams(
+                chain_id=chain_id,
+                initial_difficulty=initial_difficulty,
+                target_block_ms=target_block_ms,
+                retarget_window=retarget_window,
+            ),
             allocations={requester.account: funds},
             timestamp=int(time.time() * 1000),
         )
         genesis.save(genesis_path)
-    return {"genesis": str(genesis_path), "requester_key": str(key), "requester": requester.account,
-            "genesis_hash": genesis.block().hash}
+    return {
+        "genesis": str(genesis_path),
+        "requester_key": str(key),
+        "requester": requester.account,
+        "genesis_hash": genesis.block().hash,
+    }

@@ -12,7 +12,10 @@ from fedcoin.errors import FedcoinError
 
 
 def wait_for_task(
-    server_url: str, task_id: str, timeout: float = 600.0, on_progress: Callable[[dict[str, Any] | None], None] | None = None
+    server_url: str,
+    task_id: str,
+    timeout: float = 600.0,
+    on_progress: Callable[[dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Poll the FL server until ``task_id`` is done (or failed); return its document."""
     deadline = time.time() + timeout

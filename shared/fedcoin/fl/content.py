@@ -18,6 +18,7 @@ import io
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,8 @@ def _load_npz(data: bytes) -> dict[str, np.ndarray]:
 
 def _save_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    named: dict[str, Any] = dict(arrays)
+    np.savez(buf, **named)
     return buf.getvalue()
 
 
@@ -96,7 +98,7 @@ def unpack_task_content(data: bytes, expected_hash: str | None = None, n_players
     except KeyError as exc:
         raise InvalidInput(f"task content lacks {exc}") from exc
     K = int(n.shape[0])
-    if n_players is not None and K != n_players:
+    if n_players is not None and n_players != K:
         raise InvalidInput(f"task content holds {K} updates, the task has {n_players} clients")
     glob = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("global/")}
     updates: list[dict[str, torch.Tensor]] = [{} for _ in range(K)]

@@ -22,6 +22,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ SPLIT_FILES = {
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -83,7 +84,7 @@ def _open(path: Path) -> io.BufferedIOBase:
     except IsADirectoryError:
         raise IDXFormatError(f"{path} is a directory, not an IDX file") from None
     if head == b"\x1f\x8b":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return open(path, "rb")
 
 
@@ -189,9 +190,7 @@ def load_split(
     if images.shape[1:] != (28, 28):
         raise IDXFormatError(f"{data_dir}: {split} images are {images.shape[1:]}, expected 28 x 28")
     if images.shape[0] != labels.shape[0]:
-        raise IDXFormatError(
-            f"{data_dir}: {split} has {images.shape[0]} images but {labels.shape[0]} labels"
-        )
+        raise IDXFormatError(f"{data_dir}: {split} has {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels
 
 

@@ -42,7 +42,7 @@ def validate_update(update: object, reference_shapes: Mapping[str, Sequence[int]
             raise InvalidInput(f"update[{name!r}] contains NaN or Inf")
 
 
-def _check_sample_counts(weights_n: Sequence[float], count: int) -> np.ndarray:
+def _check_sample_counts(weights_n: Sequence[float] | np.ndarray, count: int) -> np.ndarray:
     try:
         w = np.asarray(weights_n, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -54,7 +54,7 @@ def _check_sample_counts(weights_n: Sequence[float], count: int) -> np.ndarray:
     return w
 
 
-def weighted_average(updates: Sequence[Mapping[str, torch.Tensor]], weights_n: Sequence[float]) -> Update:
+def weighted_average(updates: Sequence[Mapping[str, torch.Tensor]], weights_n: Sequence[float] | np.ndarray) -> Update:
     """FedAvg arithmetic *without* validation: ``sum_k n_k w_k / sum_k n_k``.
 
     Accumulates in float64 (in the given order) and returns float32 tensors on
@@ -68,7 +68,7 @@ def weighted_average(updates: Sequence[Mapping[str, torch.Tensor]], weights_n: S
     out: Update = {}
     for name in updates[0]:
         acc = torch.zeros(updates[0][name].shape, dtype=torch.float64, device=updates[0][name].device)
-        for u, n in zip(updates, w):
+        for u, n in zip(updates, w, strict=False):
             acc.add_(u[name], alpha=float(n))
         out[name] = acc.div_(total).to(torch.float32)
     return out

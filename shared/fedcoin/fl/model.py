@@ -31,7 +31,7 @@ class MLP(nn.Module):
         dims = [_as_int(in_features, "in_features", 1)]
         dims += [_as_int(h, "hidden size", 1) for h in hidden]
         dims.append(_as_int(num_classes, "num_classes", 1))
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
@@ -47,7 +47,7 @@ def init_weights(
 ) -> Update:
     """Freshly initialised (PyTorch default init) MLP weights, deterministic in ``seed``."""
     seed = _as_int(seed, "seed", 0)
-    devices = []  # fork_rng only touches the CPU generator
+    devices: list[str] = []  # fork_rng only touches the CPU generator
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = MLP(hidden, in_features, num_classes)
@@ -66,9 +66,7 @@ def mlp_layers(weights: Mapping[str, torch.Tensor]) -> list[tuple[torch.Tensor, 
     n_layers = len(weights) // 2
     expected = {f"layers.{i}.{p}" for i in range(n_layers) for p in ("weight", "bias")}
     if set(weights) != expected or len(weights) % 2:
-        raise InvalidInput(
-            f"weights keys {sorted(weights)} are not those of an MLP (layers.<i>.weight/bias)"
-        )
+        raise InvalidInput(f"weights keys {sorted(weights)} are not those of an MLP (layers.<i>.weight/bias)")
     out = []
     prev = None
     for i in range(n_layers):

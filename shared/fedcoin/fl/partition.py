@@ -126,12 +126,10 @@ def partition_by_type(
         counts = np.full(n_labels, size // n_labels, dtype=np.int64)
         counts[rng.choice(n_labels, size=size % n_labels, replace=False)] += 1
         parts = []
-        for c, cnt in zip(chosen, counts):
+        for c, cnt in zip(chosen, counts, strict=False):
             pool = pools[int(c)]
             if cnt > len(pool):
-                raise InvalidInput(
-                    f"client {k} needs {cnt} samples of class {int(c)} but only {len(pool)} exist"
-                )
+                raise InvalidInput(f"client {k} needs {cnt} samples of class {int(c)} but only {len(pool)} exist")
             parts.append(rng.choice(pool, size=int(cnt), replace=False))
         indices.append(np.sort(np.concatenate(parts)).astype(np.int64))
         label_sets.append(tuple(int(c) for c in chosen))

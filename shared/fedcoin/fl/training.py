@@ -78,7 +78,7 @@ def local_train(
             loss = F.cross_entropy(forward(params, X[idx]), y[idx])
             grads = torch.autograd.grad(loss, list(params.values()))
             with torch.no_grad():
-                for p, g in zip(params.values(), grads):
+                for p, g in zip(params.values(), grads, strict=False):
                     p.sub_(g, alpha=lr)
     return {k: v.detach().clone() for k, v in params.items()}, n
 

@@ -150,10 +150,16 @@ class Chain:
             raise InvalidInput("verify needs a Block")
         parent = self._index.get(block.header.prev_hash)
         if parent is None:
-            raise OrphanBlock(f"parent {block.header.prev_hash[:16]}... of block at height {block.header.height} is unknown")
+            raise OrphanBlock(
+                f"parent {block.header.prev_hash[:16]}... of block at height {block.header.height} is unknown"
+            )
         state = verify_block(
-            block, self._index.tail(parent.hash), self._index.state_at(parent.hash), self.params,
-            local_avg=local_avg, now=now,
+            block,
+            self._index.tail(parent.hash),
+            self._index.state_at(parent.hash),
+            self.params,
+            local_avg=local_avg,
+            now=now,
         )
         if not self._beats_head(block.header.height, block.hash):
             raise StaleBlock(f"block at height {block.header.height} does not beat the head at height {self.height}")
@@ -179,18 +185,24 @@ class Chain:
             return AddResult("known", self.head, self.height)
         parent = self._index.get(new[0].header.prev_hash)
         if parent is None:
-            raise OrphanBlock(f"parent {new[0].header.prev_hash[:16]}... of block at height {new[0].header.height} is unknown")
+            raise OrphanBlock(
+                f"parent {new[0].header.prev_hash[:16]}... of block at height {new[0].header.height} is unknown"
+            )
         overlay = self._index.overlay()
         state = self._index.state_at(parent.hash)
         prev = parent
         for b in new:
             if b.header.prev_hash != prev.hash:
-                raise InvalidBlock(Reason.BAD_PARENT, f"block at height {b.header.height} does not link to the block before it")
+                raise InvalidBlock(
+                    Reason.BAD_PARENT, f"block at height {b.header.height} does not link to the block before it"
+                )
             state = verify_block(b, overlay.tail(prev.hash), state, self.params, now=now)
             overlay.add(b)
             prev = b
         if not self._beats_head(prev.header.height, prev.hash):
-            raise StaleBlock(f"branch tip at height {prev.header.height} does not beat the head at height {self.height}")
+            raise StaleBlock(
+                f"branch tip at height {prev.header.height} does not beat the head at height {self.height}"
+            )
         return self._commit(new, prev.hash, state)
 
     def _commit(self, new_blocks: list[Block], tip: str, tip_state: ChainState) -> AddResult:

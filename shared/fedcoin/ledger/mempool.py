@@ -27,13 +27,17 @@ MAX_PENDING = 10_000
 
 
 class Mempool:
-    def __init__(self, path: str | None = None, conn: sqlite3.Connection | None = None, *,
-                 max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, path: str | None = None, conn: sqlite3.Connection | None = None, *, max_pending: int = MAX_PENDING
+    ) -> None:
         self.max_pending = max_pending
         self._conn = conn if conn is not None else (connect(path) if path is not None else None)
         self._txs: dict[str, Transaction] = {}
         if self._conn is not None:
-            self._conn.execute("CREATE TABLE IF NOT EXISTS mempool (txid TEXT PRIMARY KEY, data TEXT NOT NULL, received_at REAL NOT NULL)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS mempool "
+                "(txid TEXT PRIMARY KEY, data TEXT NOT NULL, received_at REAL NOT NULL)"
+            )
             for txid, data in self._conn.execute("SELECT txid, data FROM mempool ORDER BY rowid"):
                 self._txs[txid] = Transaction.model_validate_json(data)
 
@@ -53,7 +57,9 @@ class Mempool:
         if tx.txid in self._txs:
             return False
         if tx.kind not in USER_KINDS:
-            raise InvalidTransaction(Reason.BAD_KIND, f"{tx.kind} transactions are created by block winners, not submitted")
+            raise InvalidTransaction(
+                Reason.BAD_KIND, f"{tx.kind} transactions are created by block winners, not submitted"
+            )
         if tx.sender == tx.recipient:
             raise InvalidTransaction(Reason.SELF_TRANSFER, "sender and recipient are the same account")
         try:
@@ -64,19 +70,26 @@ class Mempool:
         if tx.nonce < next_nonce:
             raise InvalidTransaction(Reason.BAD_NONCE, f"nonce {tx.nonce} is already used (next is {next_nonce})")
         if tx.nonce > next_nonce + MAX_NONCE_GAP:
-            raise InvalidTransaction(Reason.NONCE_TOO_FAR_AHEAD, f"nonce {tx.nonce} is too far ahead (next is {next_nonce})")
+            raise InvalidTransaction(
+                Reason.NONCE_TOO_FAR_AHEAD, f"nonce {tx.nonce} is too far ahead (next is {next_nonce})"
+            )
         mine = [t for t in self._txs.values() if t.sender == tx.sender]
         if any(t.nonce == tx.nonce for t in mine):
-            raise InvalidTransaction(Reason.NONCE_CONFLICT, f"another pending transaction of this sender has nonce {tx.nonce}")
+            raise InvalidTransaction(
+                Reason.NONCE_CONFLICT, f"another pending transaction of this sender has nonce {tx.nonce}"
+            )
         committed = sum(t.amount for t in mine) + tx.amount
         if committed > state.balance(tx.sender):
             raise InvalidTransaction(
-                Reason.INSUFFICIENT_BALANCE, f"sender has {state.balance(tx.sender)}, pending transactions would move {committed}"
+                Reason.INSUFFICIENT_BALANCE,
+                f"sender has {state.balance(tx.sender)}, pending transactions would move {committed}",
             )
         if len(self._txs) >= self.max_pending:
             raise InvalidTransaction(Reason.MEMPOOL_FULL, "too many pending transactions; retry later")
         if self._conn is not None:
-            self._conn.execute("INSERT OR IGNORE INTO mempool VALUES (?, ?, ?)", (tx.txid, tx.model_dump_json(), time.time()))
+            self._conn.execute(
+                "INSERT OR IGNORE INTO mempool VALUES (?, ?, ?)", (tx.txid, tx.model_dump_json(), time.time())
+            )
         self._txs[tx.txid] = tx
         return True
 

@@ -60,7 +60,7 @@ class BlockStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "BlockStore":
+    def __enter__(self) -> BlockStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,7 +77,9 @@ class BlockStore:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('genesis', ?)", (genesis.hash,))
         elif stored != genesis.hash:
-            raise StoreError(f"{self.path} belongs to another chain (genesis {stored[:16]}..., expected {genesis.hash[:16]}...)")
+            raise StoreError(
+                f"{self.path} belongs to another chain (genesis {stored[:16]}..., expected {genesis.hash[:16]}...)"
+            )
 
     @property
     def head(self) -> str | None:
@@ -96,7 +98,9 @@ class BlockStore:
             if body_merkle_root(block.body.transactions) != block.header.merkle_root or (
                 task is not None and task.task_hash != block.header.task_hash
             ):
-                raise StoreError(f"{self.path}: stored block {block_hash[:16]} has a body its header does not commit to")
+                raise StoreError(
+                    f"{self.path}: stored block {block_hash[:16]} has a body its header does not commit to"
+                )
             blocks.append(block)
         return blocks, self.head
 

@@ -44,29 +44,40 @@ class LocalClient:
     y: torch.Tensor
 
     def describe(self, registered: bool) -> dict[str, Any]:
-        return {"account": self.identity.account, "client_type": self.client_type, "labels": self.labels,
-                "n_samples": int(self.X.shape[0]), "label_counts": np.bincount(self.y.numpy(), minlength=10).tolist(),
-                "registered": registered}
+        return {
+            "account": self.identity.account,
+            "client_type": self.client_type,
+            "labels": self.labels,
+            "n_samples": int(self.X.shape[0]),
+            "label_counts": np.bincount(self.y.numpy(), minlength=10).tolist(),
+            "registered": registered,
+        }
 
 
-def make_clients(keys_dir: Path, types: list[int], X: torch.Tensor, y: torch.Tensor, *, num_types: int,
-                 samples_per_client: int) -> dict[str, LocalClient]:
+def make_clients(
+    keys_dir: Path, types: list[int], X: torch.Tensor, y: torch.Tensor, *, num_types: int, samples_per_client: int
+) -> dict[str, LocalClient]:
     """One logical client per entry of ``types``, its key in ``keys_dir`` (created if absent)."""
     clients: dict[str, LocalClient] = {}
     labels = y.numpy()
     for i, t in enumerate(types):
         ident = Identity.load_or_create(keys_dir / f"client-{i}.key")
         seed = int.from_bytes(hashlib.sha256(bytes.fromhex(ident.account)).digest()[:4], "big")
-        part = partition_by_type(labels, num_clients=num_types, num_types=num_types,
-                                 samples_per_client=samples_per_client, seed=seed)
+        part = partition_by_type(
+            labels, num_clients=num_types, num_types=num_types, samples_per_client=samples_per_client, seed=seed
+        )
         j = min(t, num_types - 1)
         idx = torch.from_numpy(part.indices[j])
-        clients[ident.account] = LocalClient(ident, t, list(part.label_sets[j]), X[idx].contiguous(), y[idx].contiguous())
+        clients[ident.account] = LocalClient(
+            ident, t, list(part.label_sets[j]), X[idx].contiguous(), y[idx].contiguous()
+        )
     return clients
 
 
 class ClientNode:
-    def __init__(self, clients: dict[str, LocalClient], server_url: str, own_url: str, transport: HttpTransport) -> None:
+    def __init__(
+        self, clients: dict[str, LocalClient], server_url: str, own_url: str, transport: HttpTransport
+    ) -> None:
         self.clients = clients
         self.server_url = server_url
         self.own_url = own_url
@@ -89,10 +100,12 @@ class ClientNode:
                 for acct, c in self.clients.items():
                     if acct in self.registered:
                         continue
-                    reg = ClientRegistration(url=self.own_url, n_samples=int(c.X.shape[0]), client_type=c.client_type,
-                                             labels=c.labels)
-                    status = await self.transport.post_json(f"{self.server_url}/clients", reg.sign(c.identity).model_dump(),
-                                                            retries=0)
+                    reg = ClientRegistration(
+                        url=self.own_url, n_samples=int(c.X.shape[0]), client_type=c.client_type, labels=c.labels
+                    )
+                    status = await self.transport.post_json(
+                        f"{self.server_url}/clients", reg.sign(c.identity).model_dump(), retries=0
+                    )
                     if status in (200, 201):
                         self.registered.add(acct)
             await asyncio.sleep(retry)
@@ -117,12 +130,17 @@ class ClientNode:
         global_weights = unpack_weights(data)
 
         def work() -> tuple[bytes, int]:
-            w, n = local_train(global_weights, client.X, client.y, order.iterations, order.batch_size, order.lr, order.seed)
+            w, n = local_train(
+                global_weights, client.X, client.y, order.iterations, order.batch_size, order.lr, order.seed
+            )
             return pack_weights(w), n
 
         blob, n = await asyncio.to_thread(work)
         receipt = UpdateReceipt(task_id=order.task_id, round=order.round, n_samples=n, update_hash=sha256_hex(blob))
-        return {"message": receipt.sign(client.identity).model_dump(), "update_b64": base64.b64encode(blob).decode("ascii")}
+        return {
+            "message": receipt.sign(client.identity).model_dump(),
+            "update_b64": base64.b64encode(blob).decode("ascii"),
+        }
 
     async def balance(self, account: str, miners: list[str]) -> dict[str, Any]:
         if account not in self.clients:

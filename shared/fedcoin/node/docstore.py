@@ -31,11 +31,16 @@ class DocStore:
         )
 
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        row = self._conn.execute("SELECT data FROM docs WHERE collection = ? AND id = ?", (collection, doc_id)).fetchone()
+        row = self._conn.execute(
+            "SELECT data FROM docs WHERE collection = ? AND id = ?", (collection, doc_id)
+        ).fetchone()
         return None if row is None else json.loads(row[0])
 
     def list(self, collection: str) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._conn.execute("SELECT data FROM docs WHERE collection = ? ORDER BY rowid", (collection,))]
+        return [
+            json.loads(r[0])
+            for r in self._conn.execute("SELECT data FROM docs WHERE collection = ? ORDER BY rowid", (collection,))
+        ]
 
     def delete(self, collection: str, doc_id: str) -> None:
         self._conn.execute("DELETE FROM docs WHERE collection = ? AND id = ?", (collection, doc_id))

@@ -11,6 +11,7 @@ thread-safe; the sending happens on the event loop given to :meth:`Gossip.start`
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -32,6 +33,7 @@ class Gossip:
         self._latest_report: dict[str, Any] = {}
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._submitted: set[concurrent.futures.Future[Any]] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,11 +42,15 @@ class Gossip:
         self._loop = None
         for t in list(self._tasks):
             t.cancel()
+        for f in list(self._submitted):
+            f.cancel()
 
     async def broadcast(self, path: str, body: Any, exclude: str | None = None) -> list[int | None]:
         """POST ``body`` to ``path`` on every peer but ``exclude``; their status codes (None: unreachable)."""
         return list(
-            await asyncio.gather(*(self.transport.post_json(f"{p}{path}", body, retries=1) for p in self.peers if p != exclude))
+            await asyncio.gather(
+                *(self.transport.post_json(f"{p}{path}", body, retries=1) for p in self.peers if p != exclude)
+            )
         )
 
     # --- from the mining thread ----------------------------------------------------
@@ -54,8 +60,8 @@ class Gossip:
             coro.close()
             return
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        self._tasks.add(fut)  # type: ignore[arg-type]
-        fut.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        self._submitted.add(fut)
+        fut.add_done_callback(self._submitted.discard)
 
     def send_block(self, block: Block) -> None:
         self._submit(self.broadcast("/blocks", block.to_dict()))

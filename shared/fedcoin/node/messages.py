@@ -44,12 +44,21 @@ class SignedMessage(LedgerModel):
         return tagged(MESSAGE_DOMAIN, self.model_dump(exclude={"signature"}))
 
     @classmethod
-    def create(cls, identity: Identity, kind: str, payload: dict[str, Any], timestamp: int | None = None) -> "SignedMessage":
+    def create(
+        cls, identity: Identity, kind: str, payload: dict[str, Any], timestamp: int | None = None
+    ) -> SignedMessage:
         ts = now_ms() if timestamp is None else timestamp
         unsigned = cls(kind=kind, sender=identity.account, payload=payload, timestamp=ts, signature="")
         return unsigned.model_copy(update={"signature": identity.sign(unsigned.signing_payload())})
 
-    def open(self, kind: str, *, sender: str | None = None, max_skew_ms: int | None = DEFAULT_MAX_SKEW_MS, now: int | None = None) -> dict[str, Any]:
+    def open(
+        self,
+        kind: str,
+        *,
+        sender: str | None = None,
+        max_skew_ms: int | None = DEFAULT_MAX_SKEW_MS,
+        now: int | None = None,
+    ) -> dict[str, Any]:
         """Verify and return the payload; raise InvalidSignature / InvalidInput otherwise."""
         if self.kind != kind:
             raise InvalidInput(f"expected a {kind!r} message, got {self.kind!r}")
@@ -59,12 +68,13 @@ class SignedMessage(LedgerModel):
         if max_skew_ms is not None:
             current = now_ms() if now is None else now
             if abs(current - self.timestamp) > max_skew_ms:
-                raise InvalidInput(f"message timestamp is {abs(current - self.timestamp)} ms away from this node's clock")
+                raise InvalidInput(
+                    f"message timestamp is {abs(current - self.timestamp)} ms away from this node's clock"
+                )
         return self.payload
 
 
 TRAINING_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 
 
 class Payload(BaseModel):

@@ -77,8 +77,9 @@ class MinerNode:
         self.data_dir = Path(data_dir)
         self._conn = connect(self.data_dir / "node.sqlite")
         self.mempool = Mempool(conn=self._conn)
-        self.tasks = TaskBook(DocStore(conn=self._conn), BlobStore(self.data_dir / "content"), marginals_factory,
-                              cache_size=engine_cache)
+        self.tasks = TaskBook(
+            DocStore(conn=self._conn), BlobStore(self.data_dir / "content"), marginals_factory, cache_size=engine_cache
+        )
         self.batch = batch
         self.report_interval = report_interval
         self.min_peers = min_peers
@@ -233,8 +234,9 @@ class MinerNode:
         now = time.time()
         if now - w.last_broadcast >= self.report_interval:
             w.last_broadcast = now
-            payload = PoSapReport(task_id=w.task.task_id, prev_hash=w.head, shapley=list(report.shapley),
-                                  iterations=report.iterations)
+            payload = PoSapReport(
+                task_id=w.task.task_id, prev_hash=w.head, shapley=list(report.shapley), iterations=report.iterations
+            )
             self.broadcast_report(payload.sign(self.identity))
 
     def _try_win(self, w: Work) -> Block | None:

@@ -33,18 +33,32 @@ from .taskbook import MarginalsFactory, engine_factory
 
 
 class MinerHost:
-    def __init__(self, settings: MinerSettings, identity: Identity, *, factory: MarginalsFactory | None = None,
-                 transport: Transport | None = None, gossip_transport: Transport | None = None,
-                 sync_transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        settings: MinerSettings,
+        identity: Identity,
+        *,
+        factory: MarginalsFactory | None = None,
+        transport: Transport | None = None,
+        gossip_transport: Transport | None = None,
+        sync_transport: Transport | None = None,
+    ) -> None:
         self.settings = settings
         self.peers = settings.other_peers
         self._owned: list[HttpTransport] = []
         self.http = transport or self._own(HttpTransport())
         self.gossip = Gossip(self.peers, self.http, gossip_transport or self._own(HttpTransport(GOSSIP_TIMEOUT)))
         chain = Chain.open(settings.state_dir / "chain.sqlite", GenesisConfig.load(settings.genesis))
-        self.node = MinerNode(identity, chain, settings.state_dir, factory or engine_factory(settings.device),
-                              batch=settings.batch, report_interval=settings.report_interval,
-                              broadcast_report=self.gossip.send_report, broadcast_block=self.gossip.send_block)
+        self.node = MinerNode(
+            identity,
+            chain,
+            settings.state_dir,
+            factory or engine_factory(settings.device),
+            batch=settings.batch,
+            report_interval=settings.report_interval,
+            broadcast_report=self.gossip.send_report,
+            broadcast_block=self.gossip.send_block,
+        )
         self.queries = MinerQueries(self.node)
         self.sync = ChainSync(self.node, self.peers, sync_transport or self._own(HttpTransport()))
         self._stop = threading.Event()
@@ -89,7 +103,12 @@ class MinerHost:
             raise
         if result.status != "known":
             self._later(self.gossip.broadcast("/blocks", block.to_dict()))
-        return {"status": result.status, "height": result.height, "head": result.head, "reorg_depth": result.reorg_depth}
+        return {
+            "status": result.status,
+            "height": result.height,
+            "head": result.head,
+            "reorg_depth": result.reorg_depth,
+        }
 
     async def deliver_transaction(self, body: dict[str, Any]) -> dict[str, Any]:
         tx = Transaction.from_dict(body)

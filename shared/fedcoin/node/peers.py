@@ -24,6 +24,7 @@ PEER_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 GOSSIP_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 CONTENT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 TRAIN_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+MINER_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
@@ -102,7 +103,7 @@ class MinerGateway(Protocol):
 
 
 class HttpMinerGateway:
-    def __init__(self, miners: list[str], http: httpx.Client, timeout: httpx.Timeout = httpx.Timeout(30.0, connect=3.0)) -> None:
+    def __init__(self, miners: list[str], http: httpx.Client, timeout: httpx.Timeout = MINER_TIMEOUT) -> None:
         self.miners = miners
         self.http = http
         self.timeout = timeout

@@ -63,9 +63,15 @@ class MinerQueries:
     def summary(self) -> list[dict[str, Any]]:
         with self.node.lock:
             return [
-                {"height": b.height, "hash": b.hash, "winner": b.header.winner, "task_id": b.header.task_id,
-                 "difficulty": b.header.difficulty, "iterations": b.header.iterations,
-                 "transactions": len(b.body.transactions)}
+                {
+                    "height": b.height,
+                    "hash": b.hash,
+                    "winner": b.header.winner,
+                    "task_id": b.header.task_id,
+                    "difficulty": b.header.difficulty,
+                    "iterations": b.header.iterations,
+                    "transactions": len(b.body.transactions),
+                }
                 for b in self.chain.main_chain()
             ]
 
@@ -92,8 +98,13 @@ class MinerQueries:
             for b in reversed(self.chain.main_chain()):
                 for tx in b.body.transactions:
                     if tx.txid == txid:
-                        return {"txid": txid, "status": "confirmed", "height": b.height, "block_hash": b.hash,
-                                "transaction": tx.to_dict()}
+                        return {
+                            "txid": txid,
+                            "status": "confirmed",
+                            "height": b.height,
+                            "block_hash": b.hash,
+                            "transaction": tx.to_dict(),
+                        }
             pending = self.node.mempool.get(txid)
         if pending is not None:
             return {"txid": txid, "status": "pending", "transaction": pending.to_dict()}
@@ -105,14 +116,22 @@ class MinerQueries:
 
     def balances(self) -> dict[str, Any]:
         with self.node.lock:
-            return {"height": self.chain.height, "head": self.chain.head, "balances": self.chain.balances(),
-                    "supply": self.chain.supply}
+            return {
+                "height": self.chain.height,
+                "head": self.chain.head,
+                "balances": self.chain.balances(),
+                "supply": self.chain.supply,
+            }
 
     def balance(self, account: str) -> dict[str, Any]:
         check_account(account)
         with self.node.lock:
-            return {"account": account, "balance": self.chain.balance(account), "nonce": self.chain.nonce(account),
-                    "height": self.chain.height}
+            return {
+                "account": account,
+                "balance": self.chain.balance(account),
+                "nonce": self.chain.nonce(account),
+                "height": self.chain.height,
+            }
 
     def tasks(self) -> list[dict[str, Any]]:
         known = self.node.tasks.all()
@@ -128,8 +147,12 @@ class MinerQueries:
                 return None
             out: dict[str, Any] = {"task_id": task_id, "settled": settled is not None}
             if settled is not None:
-                out.update(height=settled.height, block_hash=settled.hash, winner=settled.header.winner,
-                           s_avg=settled.header.s_avg)
+                out.update(
+                    height=settled.height,
+                    block_hash=settled.hash,
+                    winner=settled.header.winner,
+                    s_avg=settled.header.s_avg,
+                )
             w = self.node.work
             if w is not None and w.task.task_id == task_id:
                 out.update(mining=True, iterations=w.posap.iterations, distance=w.posap.distance())

@@ -41,8 +41,15 @@ class NewTask(BaseModel):
 
 
 class Requester:
-    def __init__(self, identity: Identity, docs: DocStore, models_dir: Path, server_url: str, miners: list[str],
-                 transport: HttpTransport) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        docs: DocStore,
+        models_dir: Path,
+        server_url: str,
+        miners: list[str],
+        transport: HttpTransport,
+    ) -> None:
         self.identity = identity
         self.docs = docs
         self.models_dir = models_dir
@@ -73,10 +80,19 @@ class Requester:
             if self.docs.get("tasks", task_id) is not None:
                 raise Conflict(f"task {task_id} exists already")
             deposit = make_transaction(self.identity, info["account"], spec.budget, nonce, "deposit", task_id)
-            req = TrainingRequest(task_id=task_id, budget=spec.budget, rounds=spec.rounds, ratio=spec.ratio, deposit=deposit)
+            req = TrainingRequest(
+                task_id=task_id, budget=spec.budget, rounds=spec.rounds, ratio=spec.ratio, deposit=deposit
+            )
             msg = req.sign(self.identity)
-            doc = {"task_id": task_id, "budget": spec.budget, "rounds": spec.rounds, "deposit_txid": deposit.txid,
-                   "created_at": time.time(), "request": msg.model_dump(), "submitted": False}
+            doc = {
+                "task_id": task_id,
+                "budget": spec.budget,
+                "rounds": spec.rounds,
+                "deposit_txid": deposit.txid,
+                "created_at": time.time(),
+                "request": msg.model_dump(),
+                "submitted": False,
+            }
             self.docs.put("tasks", task_id, doc)  # persisted before anything leaves this node
             self.docs.put("meta", "nonce", {"next": nonce + 1})
         for m in self.miners:
@@ -109,15 +125,23 @@ class Requester:
             return
 
     def tasks(self) -> list[dict[str, Any]]:
-        return [{k: d[k] for k in ("task_id", "budget", "rounds", "deposit_txid", "submitted")} for d in self.docs.list("tasks")]
+        return [
+            {k: d[k] for k in ("task_id", "budget", "rounds", "deposit_txid", "submitted")}
+            for d in self.docs.list("tasks")
+        ]
 
     async def task(self, task_id: str) -> dict[str, Any]:
         doc = self.docs.get("tasks", task_id)
         if doc is None:
             raise NotFound(f"unknown task {task_id}")
         server = await self.transport.get_json(f"{self.server_url}/tasks/{task_id}")
-        return {"task_id": task_id, "budget": doc["budget"], "rounds": doc["rounds"], "deposit_txid": doc["deposit_txid"],
-                "server": server}
+        return {
+            "task_id": task_id,
+            "budget": doc["budget"],
+            "rounds": doc["rounds"],
+            "deposit_txid": doc["deposit_txid"],
+            "server": server,
+        }
 
     async def model(self, task_id: str) -> bytes:
         """The final model of a done task, fetched from the server once and kept."""

@@ -39,8 +39,8 @@ from fedcoin.chain.tasks import make_task
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.payments import split_budget
 from fedcoin.errors import Conflict, FedcoinError, InvalidInput, Unavailable
-from fedcoin.fl.data import load_dataset
 from fedcoin.fl.content import pack_task_content, pack_weights, unpack_weights
+from fedcoin.fl.data import load_dataset
 from fedcoin.fl.fedavg import fedavg, validate_update
 from fedcoin.fl.model import Update, evaluate, init_weights, weight_shapes
 from fedcoin.ledger.store import connect
@@ -256,7 +256,11 @@ class FLServer:
             body = self.clients.train(client["url"], msg.model_dump())
             receipt = UpdateReceipt.open(SignedMessage.from_dict(body["message"]), sender=client["account"])
             blob = base64.b64decode(body["update_b64"], validate=True)
-            if sha256_hex(blob) != receipt.update_hash or receipt.task_id != order.task_id or receipt.round != order.round:
+            if (
+                sha256_hex(blob) != receipt.update_hash
+                or receipt.task_id != order.task_id
+                or receipt.round != order.round
+            ):
                 raise InvalidInput("update does not match its signed receipt")
             return client, unpack_weights(blob), receipt.n_samples
         except (FedcoinError, ValueError, KeyError, TypeError) as exc:
@@ -269,8 +273,15 @@ class FLServer:
         X_val, y_val = self.validation()
         stid = f"{doc['task_id']}:r{r}"
         clients = self.registered_clients()  # every client registered by now takes part in this round
-        base = dict(task_id=stid, round=r, global_uri=f"{self.url}/blobs/{doc['global_hash']}",
-                    global_hash=doc["global_hash"], iterations=s.local_iterations, batch_size=s.batch_size, lr=s.lr)
+        base = {
+            "task_id": stid,
+            "round": r,
+            "global_uri": f"{self.url}/blobs/{doc['global_hash']}",
+            "global_hash": doc["global_hash"],
+            "iterations": s.local_iterations,
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+        }
         with ThreadPoolExecutor(max_workers=8) as pool:
             orders = [TrainOrder(client=c["account"], seed=client_seed(stid, c["account"]), **base) for c in clients]
             got = [x for x in pool.map(self._train_client, clients, orders) if x is not None]

@@ -71,8 +71,12 @@ class NodeSettings(BaseSettings):
     ROLE: ClassVar[str] = "node"
     DEFAULT_PORT: ClassVar[int] = 8000
 
-    data_dir: Path | None = Field(None, description="state directory (SQLite, keys, content); default `.fedcoin/<role>`")
-    key: Path | None = Field(None, description="the node's Ed25519 key file, created if absent; default `<data_dir>/<role>.key`")
+    data_dir: Path | None = Field(
+        None, description="state directory (SQLite, keys, content); default `.fedcoin/<role>`"
+    )
+    key: Path | None = Field(
+        None, description="the node's Ed25519 key file, created if absent; default `<data_dir>/<role>.key`"
+    )
     port: int | None = Field(None, ge=1, le=65535, description="port the service listens on (set by the launcher)")
     log_level: LogLevel = Field("INFO", description="logging level")
     torch_threads: int = Field(1, ge=1, le=256, description="torch CPU threads")
@@ -129,7 +133,9 @@ class ServerSettings(NodeSettings):
     dataset_dir: Path | None = Field(None, description="directory of its IDX files; default Debian's fashion-mnist")
     val_size: int = Field(1000, ge=1, description="validation samples (from the test split)")
     val_seed: int = Field(0, ge=0, description="seed of the validation sample")
-    hidden: Annotated[tuple[int, ...], NoDecode] = Field((200,), description="hidden layer sizes of the MLP, comma-separated")
+    hidden: Annotated[tuple[int, ...], NoDecode] = Field(
+        (200,), description="hidden layer sizes of the MLP, comma-separated"
+    )
     model_seed: int = Field(0, ge=0, description="seed of the initial global model")
     local_iterations: int = Field(20, ge=1, le=10_000, description="local SGD steps per client and round")
     lr: float = Field(0.1, gt=0, le=10, description="clients' SGD learning rate")
@@ -174,9 +180,12 @@ class ClientSettings(NodeSettings):
 
     server_url: str = Field("http://127.0.0.1:8001", description="the FL server")
     miners: UrlList = Field(default_factory=list, description="miners, to read the clients' balances")
-    advertise_url: str | None = Field(None, description="this node's URL as the server reaches it; default `http://<own address>:<port>`")
+    advertise_url: str | None = Field(
+        None, description="this node's URL as the server reaches it; default `http://<own address>:<port>`"
+    )
     client_types: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: list(range(10)), description="quality types of the logical clients, e.g. `0-9` or `0,3,5`"
+        default_factory=lambda: list(range(10)),
+        description="quality types of the logical clients, e.g. `0-9` or `0,3,5`",
     )
     num_types: int = Field(10, ge=1, le=1000, description="number of quality types T of the partition")
     samples_per_client: int = Field(600, ge=1, description="training samples per client")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def is_int(value: object) -> bool:
 def check_n_players(n_players: object) -> int:
     if not is_int(n_players):
         raise InvalidInput(f"n_players must be an int, got {type(n_players).__name__}")
-    n = int(n_players)  # type: ignore[arg-type]
+    n = operator.index(cast(SupportsIndex, n_players))
     if n < 1:
         raise InvalidInput(f"n_players must be >= 1, got {n}")
     return n
@@ -38,9 +39,10 @@ def check_utility(utility: object) -> None:
 def as_finite_real(value: object, what: str) -> float:
     """Convert ``value`` to a finite float or raise :class:`InvalidInput`."""
     kind = type(value)
-    if kind is not float and kind is not int:  # fast path for the common cases
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise InvalidInput(f"{what} must be a real number, got {kind.__name__}: {value!r}")
+    if (kind is not float and kind is not int) and (  # fast path for the common cases
+        isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+    ):
+        raise InvalidInput(f"{what} must be a real number, got {kind.__name__}: {value!r}")
     try:
         result = float(value)  # type: ignore[arg-type]
     except (OverflowError, TypeError, ValueError) as exc:
@@ -73,12 +75,8 @@ def as_vector(values: object, name: str) -> np.ndarray:
 
 def check_permutation(permutation: object) -> list[int]:
     """Return ``permutation`` as a list of ints after checking it permutes ``range(n)``."""
-    if isinstance(permutation, (str, bytes)) or not isinstance(
-        permutation, (Sequence, np.ndarray)
-    ):
-        raise InvalidInput(
-            f"permutation must be a sequence of ints, got {type(permutation).__name__}"
-        )
+    if isinstance(permutation, (str, bytes)) or not isinstance(permutation, (Sequence, np.ndarray)):
+        raise InvalidInput(f"permutation must be a sequence of ints, got {type(permutation).__name__}")
     if isinstance(permutation, np.ndarray) and permutation.ndim != 1:
         raise InvalidInput(f"permutation must be one-dimensional, got shape {permutation.shape}")
     items = list(permutation)
@@ -89,14 +87,10 @@ def check_permutation(permutation: object) -> list[int]:
     result = []
     for position, item in enumerate(items):
         if not is_int(item):
-            raise InvalidInput(
-                f"permutation entry {position} must be an int, got {type(item).__name__}"
-            )
+            raise InvalidInput(f"permutation entry {position} must be an int, got {type(item).__name__}")
         player = int(item)
         if not 0 <= player < n:
-            raise InvalidInput(
-                f"permutation entry {position} is {player}, outside range(0, {n})"
-            )
+            raise InvalidInput(f"permutation entry {position} is {player}, outside range(0, {n})")
         if seen[player]:
             raise InvalidInput(f"permutation lists player {player} more than once")
         seen[player] = True

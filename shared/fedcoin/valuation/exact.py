@@ -87,8 +87,6 @@ def exact_shapley(n_players: int, utility: Utility) -> list[float]:
         # v(S | {i}) - v(S); exactly 0 for masks already containing i, so the
         # per-size sums below only see coalitions S of N \ {i}.
         diffs = (values[masks | (1 << player)] - values)[order]
-        class_means = [
-            float(np.sum(diffs[bounds[s] : bounds[s + 1]])) / class_sizes[s] for s in range(n)
-        ]
+        class_means = [float(np.sum(diffs[bounds[s] : bounds[s + 1]])) / class_sizes[s] for s in range(n)]
         phi.append(math.fsum(class_means) / n)
     return phi

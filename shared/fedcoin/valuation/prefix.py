@@ -87,7 +87,7 @@ class PrefixSums:
         """Running sums of the later layers over ``players``, continuing from ``carry``;
         returns them and the carry into the next block."""
         sums = []
-        for (W, b), (cW, cb) in zip(self.later, carry):
+        for (W, b), (cW, cb) in zip(self.later, carry, strict=False):
             Ws = torch.cumsum(W[players], 0).add_(cW)
             bs = torch.cumsum(b[players], 0).add_(cb)
             sums.append((Ws, bs))
@@ -149,10 +149,7 @@ def prefix_logits(
     h = h.transpose(1, 2)  # (c, H1, M); the true activation is h / N
     last = len(eff) - 1
     for li, (W, b) in enumerate(eff):
-        if li == last and out is not None:
-            h = torch.baddbmm(b, W, h, out=out)
-        else:
-            h = torch.baddbmm(b, W, h)
+        h = torch.baddbmm(b, W, h, out=out) if li == last and out is not None else torch.baddbmm(b, W, h)
         if li < last:
             h = torch.relu_(h)
     return h

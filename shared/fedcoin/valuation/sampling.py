@@ -27,7 +27,16 @@ import numpy as np
 
 from fedcoin.errors import InvalidInput
 
-from .checks import Utility, as_finite_real, as_vector, check_n_players, check_permutation, check_utility, evaluate, is_int
+from .checks import (
+    Utility,
+    as_finite_real,
+    as_vector,
+    check_n_players,
+    check_permutation,
+    check_utility,
+    evaluate,
+    is_int,
+)
 
 
 class MarginalSource(Protocol):
@@ -52,9 +61,7 @@ def _marginals(order: Sequence[int], utility: Utility, v_empty: float) -> np.nda
     return marginals
 
 
-def marginals_for_permutation(
-    permutation: Sequence[int], utility: Utility, v_empty: float
-) -> np.ndarray:
+def marginals_for_permutation(permutation: Sequence[int], utility: Utility, v_empty: float) -> np.ndarray:
     """Marginal contribution of every player along one permutation (Algorithm 1, lines 5-9).
 
     For ``R = permutation`` the player ``R[i]`` receives
@@ -175,9 +182,7 @@ class RunningMean:
         return f"RunningMean(size={self._size}, count={self._count})"
 
 
-def relative_l2_error(
-    estimate: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray
-) -> float:
+def relative_l2_error(estimate: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray) -> float:
     """``||estimate - reference||_2 / ||reference||_2``.
 
     If ``reference`` has norm 0 the absolute error ``||estimate - reference||_2``
