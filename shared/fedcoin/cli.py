@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,10 +19,10 @@ from rich.table import Table
 from . import __version__
 from .chain.genesis import GenesisConfig
 from .chain.identity import Identity
+from .devnet.demo import DemoOutcome, follow_default_task
 from .devnet.local import LocalNetwork, plan_network
 from .devnet.simulation import demo_setup, race
 from .devnet.testnet import DEFAULT_DIFFICULTY, init_testnet
-from .devnet.watch import wait_for_agreement, wait_for_task
 from .errors import FedcoinError
 from .ledger.chain import Chain
 from .node.settings import ROLES, load
@@ -248,103 +249,74 @@ def demo(
             net.start_all()
             net.wait_healthy(timeout=180)
             console.print(f"all {len(specs)} services healthy after {time.time() - t0:.1f} s")
-            server = net.url("server")
-            last: dict = {}
-
-            def progress(doc: dict[str, Any] | None) -> None:
-                if doc is None:
-                    return
-                key = (doc["status"], len(doc.get("round_results", [])), bool(doc.get("pending_round")))
-                if key != last.get("key"):
-                    last["key"] = key
-                    console.print(
-                        f"  [{time.time() - t0:6.1f} s] task {doc['task_id']}: {doc['status']}, "
-                        f"{len(doc.get('round_results', []))}/{doc['rounds']} rounds settled"
-                        + (", Shapley task published, miners racing" if doc.get("pending_round") else "")
-                    )
-
-            doc = wait_for_task(server, "default", timeout=timeout, on_progress=progress)
-            head = wait_for_agreement(net.miner_urls, doc["round_results"][-1]["block_height"])
-            with httpx.Client(timeout=10) as http:
-                chain_rows = http.get(f"{net.miner_urls[0]}/chain").json()
-                bal = http.get(f"{net.miner_urls[0]}/balances").json()
-                client_info = http.get(f"{net.url('client')}/clients").json()
+            outcome = follow_default_task(net, started=t0, timeout=timeout, on_progress=_progress_printer(t0))
         except FedcoinError as exc:
             console.print(f"[red]demo failed:[/red] {exc}; logs in {base / 'logs'}")
             raise typer.Exit(1) from exc
-        types = {c["account"]: c["client_type"] for c in client_info}
-        console.print(
-            f"task done in {time.time() - t0:.1f} s; all {miners} miners agree on head {head['hash'][:16]} "
-            f"at height {head['height']}"
-        )
-        table = Table(title="chain")
-        for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
-            table.add_column(col)
-        for row in chain_rows:
-            table.add_row(
-                str(row["height"]),
-                row["hash"][:16],
-                row["winner"][:12],
-                row["task_id"],
-                f"{row['difficulty']:.3g}",
-                str(row["iterations"]),
-                str(row["transactions"]),
-            )
-        console.print(table)
-        shapley_out = []
-        for res in doc["round_results"]:
-            paid = {p["to"]: p["amount"] for p in res["payments"].get("reward", [])}
-            t = Table(
-                title=f"round {res['round']}: block {res['block_height']}, winner {res['winner'][:12]}, "
-                f"validation accuracy {res['metrics'].get('accuracy', float('nan')):.3f}"
-            )
-            for col in ("client", "type", "Shapley S̄", "paid"):
-                t.add_column(col, justify="right")
-            order = sorted(range(len(res["clients"])), key=lambda i: types.get(res["clients"][i], 99))
-            for i in order:
-                acct = res["clients"][i]
-                t.add_row(acct[:12], str(types.get(acct, "?")), f"{res['shapley'][i]:+.5f}", str(paid.get(acct, 0)))
-                shapley_out.append(
-                    {
-                        "round": res["round"],
-                        "client": acct,
-                        "type": types.get(acct),
-                        "shapley": res["shapley"][i],
-                        "paid": paid.get(acct, 0),
-                    }
-                )
-            console.print(t)
-        console.print(f"supply {sum(bal['balances'].values())} = genesis {bal['supply']}")
+        _print_outcome(outcome, miners)
         if json_out is not None:
-            json_out.write_text(
-                json.dumps(
-                    {
-                        "miners": net.miner_urls,
-                        "server": server,
-                        "requester": net.url("requester"),
-                        "client_node": net.url("client"),
-                        "head": head,
-                        "task": {k: doc[k] for k in ("task_id", "budget", "rounds", "prices", "status")},
-                        "rounds": doc["round_results"],
-                        "shapley": shapley_out,
-                        "payments": {r["round"]: r["payments"] for r in doc["round_results"]},
-                        "balances": bal["balances"],
-                        "supply": bal["supply"],
-                        "client_types": types,
-                        "seconds": time.time() - t0,
-                    },
-                    indent=2,
-                )
-            )
+            json_out.write_text(json.dumps(outcome.summary(net), indent=2))
         if serve_after:
             console.print(
                 "network running (Ctrl-C stops it): " + ", ".join(f"{n} {s.url}" for n, s in net.specs.items())
             )
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+
+
+def _progress_printer(t0: float) -> Callable[[dict[str, Any] | None], None]:
+    last: dict[str, Any] = {}
+
+    def progress(doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            return
+        key = (doc["status"], len(doc.get("round_results", [])), bool(doc.get("pending_round")))
+        if key != last.get("key"):
+            last["key"] = key
+            console.print(
+                f"  [{time.time() - t0:6.1f} s] task {doc['task_id']}: {doc['status']}, "
+                f"{len(doc.get('round_results', []))}/{doc['rounds']} rounds settled"
+                + (", Shapley task published, miners racing" if doc.get("pending_round") else "")
+            )
+
+    return progress
+
+
+def _print_outcome(outcome: DemoOutcome, miners: int) -> None:
+    head = outcome.head
+    console.print(
+        f"task done in {outcome.seconds:.1f} s; all {miners} miners agree on head {head['hash'][:16]} "
+        f"at height {head['height']}"
+    )
+    table = Table(title="chain")
+    for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
+        table.add_column(col)
+    for row in outcome.chain:
+        table.add_row(
+            str(row["height"]),
+            row["hash"][:16],
+            row["winner"][:12],
+            row["task_id"],
+            f"{row['difficulty']:.3g}",
+            str(row["iterations"]),
+            str(row["transactions"]),
+        )
+    console.print(table)
+    for res in outcome.task["round_results"]:
+        t = Table(
+            title=f"round {res['round']}: block {res['block_height']}, winner {res['winner'][:12]}, "
+            f"validation accuracy {res['metrics'].get('accuracy', float('nan')):.3f}"
+        )
+        for col in ("client", "type", "Shapley S̄", "paid"):
+            t.add_column(col, justify="right")
+        for row in outcome.shapley:
+            if row["round"] == res["round"]:
+                kind = "?" if row["type"] is None else str(row["type"])
+                t.add_row(row["client"][:12], kind, f"{row['shapley']:+.5f}", str(row["paid"]))
+        console.print(t)
+    bal = outcome.balances
+    console.print(f"supply {sum(bal['balances'].values())} = genesis {bal['supply']}")
 
 
 if __name__ == "__main__":
