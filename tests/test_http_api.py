@@ -1,0 +1,109 @@
+"""The services' HTTP surface in-process (FastAPI's TestClient): one error shape for every error,
+FastAPI's own 404/405/422 included, with the reject reason of a block or transaction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fedcoin.chain.genesis import GenesisConfig
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.transactions import make_transaction
+from fedcoin.errors import SettingsError
+from fedcoin.ledger.chain import Chain
+
+USER = Identity.from_seed(b"U" * 32)
+SHAPE = {"error", "reason", "detail"}
+
+
+@pytest.fixture
+def node_env(tmp_path, monkeypatch, net) -> GenesisConfig:
+    for name in list(os.environ):
+        if name.startswith("FEDCOIN_"):
+            monkeypatch.delenv(name)
+    genesis = net.genesis()
+    genesis.save(tmp_path / "genesis.json")
+    monkeypatch.setenv("FEDCOIN_GENESIS", str(tmp_path / "genesis.json"))
+    monkeypatch.setenv("FEDCOIN_DATA_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("FEDCOIN_LOG_LEVEL", "WARNING")
+    return genesis
+
+
+@pytest.fixture
+def miner(node_env) -> Iterator[TestClient]:
+    from services.miner.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def error(r, status: int, reason: str) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == SHAPE and isinstance(body["detail"], str), body
+    assert body["reason"] == reason, body
+    return body
+
+
+def test_framework_errors_have_the_one_shape(miner):
+    error(miner.get("/no/such/route"), 404, "not-found")
+    error(miner.put("/blocks"), 405, "method-not-allowed")
+    body = error(
+        miner.post("/blocks", content=b"not json", headers={"content-type": "application/json"}), 422, "malformed"
+    )
+    assert body["error"] == "ValidationError"
+    error(miner.get("/blocks", params={"start": -1}), 422, "malformed")
+    error(miner.get("/blocks/abc"), 422, "malformed")
+
+
+def test_library_errors_have_the_one_shape_with_their_reason(miner, net):
+    error(miner.get("/blocks/99"), 404, "not-found")
+    error(miner.get("/tasks/nothing"), 404, "not-found")
+    error(miner.get("/balances/not-an-account"), 400, "invalid-input")
+    error(miner.post("/blocks", json={"header": {}, "body": {}}), 400, "invalid-input")
+    poor = make_transaction(USER, net.users[0].account, 5, 0)
+    body = error(miner.post("/transactions", json=poor.to_dict()), 422, "insufficient-balance")
+    assert body["error"] == "InvalidTransaction"
+    rich = net.users[0]
+    forged = {**make_transaction(rich, USER.account, 5, 0).to_dict(), "amount": 6}
+    error(miner.post("/transactions", json=forged), 422, "bad-signature")
+    error(miner.post("/reports", json={"kind": "posap-report"}), 400, "invalid-input")
+
+
+def test_blocks_are_judged_with_their_reason_and_change_nothing(miner, net, node_env):
+    head = miner.get("/chain/head").json()
+    elsewhere = Chain(node_env)
+    good = net.block(elsewhere, timestamp=None)
+    tampered = net.reheader(good, None, s_avg=[0.9, 0.05, 0.05])
+    error(miner.post("/blocks", json=tampered.to_dict()), 422, "bad-signature")
+    rival = net.block(Chain(node_env), net.task("t1", train_price=1))
+    elsewhere.add_block(good, now=net.NOW)
+    orphan = net.block(elsewhere)
+    body = error(miner.post("/blocks", json=orphan.to_dict()), 409, "orphan-block")
+    assert body["error"] == "OrphanBlock"
+    assert miner.get("/chain/head").json() == head
+    winner, loser = sorted([good, rival], key=lambda b: b.hash)  # equal height: the smaller hash wins
+    r = miner.post("/blocks", json=winner.to_dict())
+    assert r.status_code == 200 and r.json()["status"] == "extended"
+    error(miner.post("/blocks", json=loser.to_dict()), 409, "stale-block")
+
+
+def test_a_bad_setting_stops_the_service_before_it_serves(node_env, monkeypatch):
+    from services.miner.app import create_app
+
+    monkeypatch.setenv("FEDCOIN_BATCH", "many")
+    with pytest.raises(SettingsError, match="FEDCOIN_BATCH"):
+        create_app()
+
+
+def test_requester_validation_errors_have_the_one_shape(node_env, monkeypatch):
+    from services.requester.app import create_app
+
+    monkeypatch.setenv("FEDCOIN_DEFAULT_TASK", "off")
+    with TestClient(create_app()) as client:
+        error(client.post("/tasks", json={"budget": 0}), 422, "malformed")
+        error(client.get("/tasks/unknown"), 404, "not-found")
+        assert client.get("/health").json()["role"] == "requester"
