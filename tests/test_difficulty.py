@@ -1,4 +1,4 @@
-"""Tests for fedcoin.difficulty (the retarget rule) and its enforcement by VerifyBlock."""
+"""Tests for fedcoin.consensus.difficulty (the retarget rule) and its enforcement by VerifyBlock."""
 
 from __future__ import annotations
 

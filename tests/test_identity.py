@@ -1,4 +1,4 @@
-"""Tests for fedcoin.identity: Ed25519 keys, key files and signatures."""
+"""Tests for fedcoin.chain.identity: Ed25519 keys, key files and signatures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for fedcoin.payments: the budget split and the client reward allocation (Algorithm 3)."""
+"""Tests for fedcoin.consensus.payments: the budget split and the client reward allocation (Algorithm 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for fedcoin.posap: permutation derivation, the PoSap miner and an end-to-end round."""
+"""Tests for fedcoin.consensus.posap: permutation derivation, the PoSap miner and an end-to-end round."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for fedcoin.transactions (and the canonical encoding they rely on)."""
+"""Tests for fedcoin.chain.transactions (and the canonical encoding they rely on)."""
 
 from __future__ import annotations
 

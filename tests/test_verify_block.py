@@ -437,7 +437,7 @@ def test_reward_kind_in_user_section(env):
 
 
 def test_genesis_kind_in_body(env):
-    # ledger.py: "bad-rewards ... or a payout/reward/genesis transaction stands elsewhere"
+    # fedcoin.errors: "bad-rewards ... or a payout/reward/genesis transaction stands elsewhere"
     net, chain, good, _ = env
     w = net.winner_of(good)
     mint = Transaction(sender=MINT_ACCOUNT, recipient=w.account, amount=10**6, nonce=0, kind="genesis")

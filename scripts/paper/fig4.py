@@ -2,14 +2,14 @@
 
 Per seed (the seed draws the data partition, the initial model and the clients'
 minibatches): the paper's 100 clients (10 per type) run one FedAvg round of 20
-local iterations (``fedcoin.fl.run_fedavg`` with the FL server's hyperparameters),
+local iterations (``fedcoin.fl.training.run_fedavg`` with the FL server's hyperparameters),
 the round is packed into task content exactly as the FL server does
-(``fedcoin.taskdata.pack_task_content``), unpacked and turned into the miners'
+(``fedcoin.fl.content.pack_task_content``), unpacked and turned into the miners'
 utility engine exactly as the miner service does (``unpack_task_content`` +
 ``engine_for``), and 4 real ``PoSapMiner``s race on it with
-``fedcoin.simulate.race``: hash-derived permutations, gossip of (S, iterations),
+``fedcoin.devnet.simulation.race``: hash-derived permutations, gossip of (S, iterations),
 the first miner within D of its network average builds the block
-(``fedcoin.ledger.build_block``) and every miner's chain verifies it
+(``fedcoin.consensus.mining.build_block``) and every miner's chain verifies it
 (Algorithm 2, with its own local S_bar).  The value reported for each client is
 the block's averaged S_bar (the one Algorithm 3 pays with).
 """

@@ -1,7 +1,7 @@
 """Figure 5: test accuracy of a model trained only by the 10 clients of each type.
 
 Per seed, the paper's partition (same seed as Figure 4); for each type j, FedAvg
-(``fedcoin.fl.run_fedavg``, the FL server's hyperparameters: 20 local iterations,
+(``fedcoin.fl.training.run_fedavg``, the FL server's hyperparameters: 20 local iterations,
 batch 64, lr 0.1, 784-200-10 MLP) with only the 10 clients of type j, and the same
 with all 100 clients as the reference ("the FL model based on the 100 clients").
 Accuracy is measured on the whole test split.  ``rounds`` lists the numbers of

@@ -1,7 +1,7 @@
 """Figure 6: block generation time vs mining difficulty, by real mining among >= 4 miners.
 
 For every difficulty D a *fresh* FedCoin network runs as local processes
-(``fedcoin.network.plan_network`` + ``LocalNetwork``, the services of ``fedcoin demo``):
+(``fedcoin.devnet.local.plan_network`` + ``LocalNetwork``, the services of ``fedcoin demo``):
 4 miners, the FL server, one client node hosting the paper's 100 clients (10 of each
 type) and the requester.  D is the genesis ``initial_difficulty``; a retarget window
 of 10,000 blocks keeps it fixed.  The requester's default task has ``reps`` FedAvg
@@ -49,7 +49,7 @@ def engine_rate(dataset: str, data_dir: str | None, metric: str, seconds: float 
     """Permutations per second of the miners' Shapley engine on this machine (1 torch thread).
 
     The same construction as the miner service: a real round's task content, packed and
-    unpacked (``fedcoin.taskdata``), ``engine_for``, then ``engine.marginals`` on
+    unpacked (``fedcoin.fl.content``), ``engine_for``, then ``engine.marginals`` on
     PoSap-derived permutations, single-threaded as the miners run (FEDCOIN_TORCH_THREADS=1).
     """
     threads = torch.get_num_threads()

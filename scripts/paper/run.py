@@ -8,10 +8,10 @@
 
 Setting (paper, Section 6.1): 100 clients in 10 types (10 per type, type j holds
 10 - j labels), FedAvg with 20 local iterations, p = 2, 4 miners.  Every item uses
-the library code the services run (``fedcoin.fl``, ``fedcoin.taskdata``,
-``fedcoin.utility.ShapleyEngine``, ``fedcoin.posap``, ``fedcoin.simulate.race``,
+the library code the services run (``fedcoin.fl``, ``fedcoin.fl.content``,
+``fedcoin.valuation.engine.ShapleyEngine``, ``fedcoin.consensus.posap``, ``fedcoin.devnet.simulation.race``,
 ``fedcoin.ledger``) and Figure 6 runs the services themselves
-(``fedcoin.network.LocalNetwork``).  Output: one JSON and one PNG per item under
+(``fedcoin.devnet.local.LocalNetwork``).  Output: one JSON and one PNG per item under
 ``--out`` (default ``docs/results``); each JSON records the command line, the
 data set, the seeds, the timings and the machine.
 
@@ -121,7 +121,7 @@ def resolve_data_dir(dataset: str, data_dir: str | None) -> str | None:
     if data_dir is not None:
         return str(Path(data_dir).resolve())
     if dataset == "fashion-mnist":
-        return None  # fedcoin.data.FASHION_MNIST_DIR, the services' default too
+        return None  # fedcoin.fl.data.FASHION_MNIST_DIR, the services' default too
     cache = Path.home() / ".cache" / "fedcoin" / "mnist"
     try:
         load_dataset("mnist", cache, download=True, max_train=1, max_test=1)
@@ -202,7 +202,7 @@ def do_fig6(args, preset, out: Path, workdir: Path, started: float) -> dict:
         "miners": common.MINERS,
         "clients": common.NUM_CLIENTS,
         "p": common.P_NORM,
-        "path": "networked: fedcoin.network.LocalNetwork (miner, server, client, requester services as local "
+        "path": "networked: fedcoin.devnet.local.LocalNetwork (miner, server, client, requester services as local "
         "processes); one fresh network per D; iterations = block header 'iterations'; seconds = block "
         "timestamp - task published_at",
         "records": records,
@@ -307,9 +307,9 @@ def do_fig45(args, preset, seeds, out: Path, started: float, workers: int) -> No
             "difficulty": f4["difficulty"],
             "empty_value": common.EMPTY_VALUE,
             "runs": prim,
-            "path": "in-process PoSap: fedcoin.simulate.race with 4 PoSapMiners on the round's real task "
+            "path": "in-process PoSap: fedcoin.devnet.simulation.race with 4 PoSapMiners on the round's real task "
             "content (pack/unpack_task_content + engine_for, as the miner service), block built by "
-            "fedcoin.ledger.build_block and verified by every miner's chain",
+            "fedcoin.consensus.mining.build_block and verified by every miner's chain",
             "paper": {
                 "sign_pattern": "+++++-----",
                 "text": "T0 highest, decreasing from T1 to T9; T0-T4 positive, T5-T9 negative",

@@ -1,6 +1,6 @@
 """Table 2: data quality (EMD) of each client type, next to the paper's values.
 
-``fedcoin.fl.emd`` is the L1 distance between a client's label distribution and
+``fedcoin.fl.partition.emd`` is the L1 distance between a client's label distribution and
 the whole data set's (train + test, "the distribution of the whole MNIST dataset");
 the paper's Table 2 is on the per-class scale, i.e. that distance divided by the
 number of classes C = 10 (see the ``emd`` docstring).  Both are recorded.
@@ -37,7 +37,7 @@ def compute(seeds: list[int], dataset: str, data_dir: str | None) -> dict:
         "labels_per_client_by_type": [sorted(s) for s in labels_per_type],
         "clients_per_type": [len(v) // len(seeds) for v in per_type],
         "benchmark_distribution": ref.tolist(),
-        "scale": "emd_by_type = fedcoin.fl.emd (L1) / C, C = 10 classes: the paper's Table 2 scale",
+        "scale": "emd_by_type = fedcoin.fl.partition.emd (L1) / C, C = 10 classes: the paper's Table 2 scale",
         "max_abs_difference_to_paper": float(np.max(np.abs(np.array(l1) / C - np.array(PAPER_TABLE2)))),
     }
 

@@ -2,7 +2,7 @@
 
 A transaction moves ``amount`` integer base units from ``sender`` to
 ``recipient``. Its signing payload is ``tagged("fedcoin/tx/v1", fields)``
-(see :mod:`fedcoin.encoding`) where ``fields`` are all fields except
+(see :mod:`fedcoin.chain.encoding`) where ``fields`` are all fields except
 ``signature``; the transaction id is the SHA-256 of that payload. Ed25519
 signatures are deterministic, so the id is stable and cannot be changed by
 re-signing. The ``wtxid`` hashes the whole transaction, signature included;

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.encoding import sha256_hex
@@ -225,10 +226,18 @@ class MinerNode:
                 self._drop_task(w, f"{type(exc).__name__}: {exc}")
                 continue
             self.stats["iterations"] += self.batch
-            self._maybe_report(w, report)
+            self._guarded(self._maybe_report, w, report)
             block = self._try_win(w)
             if block is not None:
-                self.broadcast_block(block)
+                self._guarded(self.broadcast_block, block)
+
+    @staticmethod
+    def _guarded(send: Callable[..., None], *args: Any) -> None:
+        """A transport that fails must not stop the mining."""
+        try:
+            send(*args)
+        except Exception:
+            log.exception("broadcast failed")
 
     def _maybe_report(self, w: Work, report: Report) -> None:
         now = time.time()

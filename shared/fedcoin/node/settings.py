@@ -100,7 +100,7 @@ class MinerSettings(NodeSettings):
     ROLE: ClassVar[str] = "miner"
     DEFAULT_PORT: ClassVar[int] = 8101
 
-    genesis: FilePath = Field(description="the network's genesis.json (see `fedcoin testnet init`); required")
+    genesis: FilePath = Field(description="the network's genesis.json (see `fedcoin testnet init`)")
     peers: UrlList = Field(default_factory=list, description="base URLs of the other miners, comma-separated")
     advertise_url: str | None = Field(None, description="this miner's own URL (dropped from the peers if listed)")
     device: str | None = Field(None, description="torch device of the Shapley engine; default CUDA when present")
@@ -126,7 +126,7 @@ class ServerSettings(NodeSettings):
     ROLE: ClassVar[str] = "server"
     DEFAULT_PORT: ClassVar[int] = 8001
 
-    genesis: FilePath = Field(description="the network's genesis.json (read at start to fail fast); required")
+    genesis: FilePath = Field(description="the network's genesis.json (read at start to fail fast)")
     miners: UrlList = Field(default_factory=list, description="base URLs of the miners, comma-separated")
     advertise_url: str = Field("http://127.0.0.1:8001", description="this server's URL as miners and clients reach it")
     dataset: Dataset = Field("fashion-mnist", description="dataset of the validation set")
