@@ -4,7 +4,7 @@
 #   docker build --build-arg BASE=fedcoin-base:bookworm -t fedcoin .   # FROM scripts/build-base-image.sh's image
 #
 # The role and port come from FEDCOIN_ROLE / FEDCOIN_PORT (see docker-compose.yml); every
-# other setting is a FEDCOIN_* variable read by the services (services/*/app.py).
+# other setting is a FEDCOIN_* variable (fedcoin.node.settings; the README's "Configuration").
 # Everything but the source comes first, so a source edit rebuilds only the last three
 # steps (each step after the 6 GB dependency layer costs a commit; slow on fuse-overlayfs).
 ARG BASE=python:3.11-slim

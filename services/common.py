@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fedcoin import __version__
 from fedcoin.errors import (
     Category,
     Conflict,
@@ -93,9 +94,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, "HTTPException", reason, str(exc.detail))
 
 
-def service_app(title: str, doc: str | None, settings_cls: type[NodeSettings], **kwargs: Any) -> FastAPI:
-    """A FastAPI app whose description is the service's docstring with its settings, and the error handlers."""
-    app = FastAPI(title=title, version="0.1.0", description=service_doc(doc, settings_cls), **kwargs)
+def service_app(title: str, description: str | None, **kwargs: Any) -> FastAPI:
+    """A FastAPI app described by ``description`` (a service's docstring, see :func:`service_doc`),
+    with the error handlers installed."""
+    app = FastAPI(title=title, version=__version__, description=description or "", **kwargs)
     install_error_handlers(app)
     return app
 

@@ -107,3 +107,11 @@ def test_requester_validation_errors_have_the_one_shape(node_env, monkeypatch):
         error(client.post("/tasks", json={"budget": 0}), 422, "malformed")
         error(client.get("/tasks/unknown"), 404, "not-found")
         assert client.get("/health").json()["role"] == "requester"
+
+
+def test_the_service_docs_list_its_settings_from_the_model(miner):
+    from fedcoin.node.settings import MinerSettings, env_name
+
+    description = miner.get("/openapi.json").json()["info"]["description"]
+    for name in MinerSettings.model_fields:
+        assert description.count(f"{env_name(name)} =") == 1

@@ -168,7 +168,9 @@ def test_reports_are_parsed_once_and_early_ones_kept(net, tmp_path):
     node = MinerNode(net.miners[0], Chain(net.genesis()), tmp_path, CountingFactory())
     report = PoSapReport(task_id="later", prev_hash=node.chain.head, shapley=[0.1, 0.2, 0.3], iterations=5)
     node.receive_report(report.sign(net.miners[1]))
-    assert ("later", node.chain.head) in node._early_reports
+    with node.lock:
+        kept = node.take_early_reports("later", node.chain.head)
+    assert kept[net.miners[1].account].iterations == 5
     for bad in (
         {"task_id": "x"},
         {**report.model_dump(), "iterations": -1},

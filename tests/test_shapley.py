@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from fedcoin.errors import FedcoinError, InvalidInput
 from fedcoin.valuation.exact import exact_shapley
+from fedcoin.valuation.games import additive_game as known_additive
+from fedcoin.valuation.games import quality_game, symmetric_game, unanimity_game
 from fedcoin.valuation.sampling import (
     CoalitionGame,
     RunningMean,
@@ -133,6 +135,44 @@ def test_permutation_shapley_closed_form(name):
     # so its std is <= range / (2 sqrt m); allow 5 sigma.
     tol = 1e-9 if marginal_range is None else 5 * marginal_range / (2 * math.sqrt(m))
     assert phi == pytest.approx(expected, abs=tol)
+
+
+@pytest.mark.parametrize(
+    "game",
+    [
+        known_additive([1.5, -2.0, 0.25, 4.0], base=3.0),
+        symmetric_game(5, lambda k: k**2 + 1.0),
+        unanimity_game(4, {0, 2}),
+        unanimity_game(3, {1}),
+    ],
+    ids=["additive", "symmetric", "unanimity-2-of-4", "dictator"],
+)
+def test_library_games_carry_their_true_values(game):
+    assert brute_force_shapley(game.n_players, game.utility) == pytest.approx(game.shapley, abs=1e-12)
+    assert exact_shapley(game.n_players, game.utility) == pytest.approx(game.shapley, abs=1e-12)
+    m = 2000
+    estimate = permutation_shapley(CoalitionGame(game.n_players, game.utility), m, seed=7)
+    # each coordinate is a mean of m marginals within [min, max] of the game's marginals: 5 sigma at most
+    n = game.n_players
+    coalitions = [frozenset(c) for k in range(n + 1) for c in itertools.combinations(range(n), k)]
+    marginals = [game.utility(c | {i}) - game.utility(c) for c in coalitions for i in range(n) if i not in c]
+    tol = 5 * (max(marginals) - min(marginals) + 1e-12) / (2 * math.sqrt(m))
+    assert estimate == pytest.approx(game.shapley, abs=max(tol, 1e-9))
+
+
+def test_library_games_reject_bad_definitions():
+    with pytest.raises(InvalidInput):
+        unanimity_game(3, {3})
+    with pytest.raises(InvalidInput):
+        unanimity_game(3, set())
+    with pytest.raises(InvalidInput):
+        known_additive([])
+
+
+def test_quality_game_rewards_good_players_and_punishes_bad_ones():
+    v = quality_game([1.0, 0.0, -1.0])
+    phi = exact_shapley(3, v)
+    assert v(frozenset()) == 0.0 and phi[0] > 0 > phi[2]
 
 
 def test_symmetric_players_get_equal_shares_of_grand_coalition():

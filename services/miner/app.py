@@ -42,7 +42,7 @@ def create_app() -> FastAPI:
         finally:
             await host.stop()
 
-    app = service_app("FedCoin miner", __doc__, MinerSettings, lifespan=lifespan)
+    app = service_app("FedCoin miner", __doc__, lifespan=lifespan)
     app.state.host = host
 
     @app.get("/health")

@@ -47,7 +47,7 @@ def create_app() -> FastAPI:
                 job.cancel()
             await http.aclose()
 
-    app = service_app("FedCoin model requester", __doc__, RequesterSettings, lifespan=lifespan)
+    app = service_app("FedCoin model requester", __doc__, lifespan=lifespan)
 
     @app.get("/health")
     def health() -> Json:

@@ -2,7 +2,8 @@
 
 :class:`MinerNode` owns the node's chain (with its SQLite store), mempool and
 Shapley tasks (:class:`~fedcoin.node.taskbook.TaskBook`), and runs Proof of
-Shapley on the oldest unsettled task in a worker thread (:meth:`MinerNode.run`).
+Shapley on the oldest unsettled task in a worker thread (:meth:`MinerNode.run`,
+:class:`~fedcoin.node.worker.PoSapWorker`).
 The transport (the FastAPI miner service, or a test) feeds it incoming
 transactions, tasks, reports and blocks, and gets outgoing reports and blocks
 through the ``broadcast_report`` / ``broadcast_block`` callbacks; it reads the
@@ -20,20 +21,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
-from fedcoin.consensus.mining import build_block
-from fedcoin.consensus.posap import PoSapMiner, Report
-from fedcoin.errors import FedcoinError, InvalidBlock, InvalidInput
+from fedcoin.consensus.posap import Report
+from fedcoin.errors import FedcoinError, InvalidInput
 from fedcoin.ledger.chain import AddResult, Chain
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
@@ -42,20 +39,10 @@ from .blobs import BlobStore
 from .docstore import DocStore
 from .messages import PoSapReport, SignedMessage
 from .taskbook import MarginalsFactory, TaskBook
+from .worker import PoSapWorker, Work
 
 log = logging.getLogger("fedcoin.miner")
 MAX_EARLY_REPORTS = 64
-
-
-@dataclass
-class Work:
-    """This miner's PoSap run on one task from one head."""
-
-    task: ShapleyTask
-    head: str
-    posap: PoSapMiner
-    started: float = field(default_factory=time.time)
-    last_broadcast: float = 0.0
 
 
 class MinerNode:
@@ -87,7 +74,7 @@ class MinerNode:
         self.broadcast_report = broadcast_report or (lambda m: None)
         self.broadcast_block = broadcast_block or (lambda b: None)
         self.lock = threading.RLock()
-        self._wake = threading.Condition(self.lock)
+        self.wake = threading.Condition(self.lock)
         self.work: Work | None = None
         self._early_reports: dict[tuple[str, str], dict[str, Report]] = {}
         self.stats = {"blocks_won": 0, "iterations": 0}
@@ -125,7 +112,7 @@ class MinerNode:
                     self.mempool.add(tx, self.chain.head_state)
                 except FedcoinError as exc:  # already confirmed, or pending
                     log.debug("funding %s of task %s not pooled: %s", tx.txid[:12], task.task_id, exc)
-            self._wake.notify_all()
+            self.wake.notify_all()
         return True
 
     def receive_report(self, message: SignedMessage) -> None:
@@ -159,116 +146,29 @@ class MinerNode:
                 local = None if avg is None else list(avg)
             result = self.chain.add_block(block, local_avg=local)
             if result.status != "known":
-                self._after_head_change()
+                self.after_head_change()
             return result
 
     def add_chain(self, blocks: list[Block]) -> AddResult:
         with self.lock:
             result = self.chain.add_chain(blocks)
             if result.status != "known":
-                self._after_head_change()
+                self.after_head_change()
             return result
 
-    def _after_head_change(self) -> None:
+    def after_head_change(self) -> None:
         self.mempool.prune(self.chain.head_state)
         self.tasks.evict(self.chain.is_settled)
         w = self.work
         if w is not None and w.head != self.chain.head:
             self.work = None
-        self._wake.notify_all()
+        self.wake.notify_all()
 
-    # --- the PoSap worker -------------------------------------------------------
-    def _start_work(self) -> Work | None:
-        task = self.tasks.next_unsettled(self.chain.is_settled)
-        if task is None:
-            return None
-        posap = PoSapMiner(
-            miner=self.identity.account,
-            task_id=task.task_id,
-            prev_hash=self.chain.head,
-            n_players=task.n_players,
-            marginals=self.tasks.marginals(task),
-            difficulty=self.chain.next_difficulty(),
-            p=self.chain.params.p,
-            min_peers=self.min_peers,
-        )
-        for peer, rep in self._early_reports.pop((task.task_id, self.chain.head), {}).items():
-            posap.receive(peer, rep)
-        log.info("mining task %s on head %s (D=%g)", task.task_id, self.chain.head[:12], posap.difficulty)
-        return Work(task, self.chain.head, posap)
-
-    def _drop_task(self, w: Work, why: str) -> None:
-        log.error("dropping task %s: %s", w.task.task_id, why)
-        with self.lock:
-            self.tasks.drop(w.task.task_id)
-            if self.work is w:
-                self.work = None
+    # --- for the worker ------------------------------------------------------------
+    def take_early_reports(self, task_id: str, head: str) -> dict[str, Report]:
+        """Reports that arrived for (task, head) before this node started that work (call under the lock)."""
+        return self._early_reports.pop((task_id, head), {})
 
     def run(self, stop: threading.Event) -> None:
-        """The mining loop; returns when ``stop`` is set."""
-        while not stop.is_set():
-            with self.lock:
-                if self.work is None:
-                    try:
-                        self.work = self._start_work()
-                    except FedcoinError as exc:
-                        log.error("cannot start PoSap work: %s", exc)
-                        self._wake.wait(timeout=0.5)
-                        continue
-                w = self.work
-                if w is None:
-                    self._wake.wait(timeout=0.5)
-                    continue
-            try:
-                report = w.posap.step(self.batch)  # the expensive part, outside the lock
-            except Exception as exc:  # a broken task must not kill the miner
-                log.exception("PoSap step failed on task %s", w.task.task_id)
-                self._drop_task(w, f"{type(exc).__name__}: {exc}")
-                continue
-            self.stats["iterations"] += self.batch
-            self._guarded(self._maybe_report, w, report)
-            block = self._try_win(w)
-            if block is not None:
-                self._guarded(self.broadcast_block, block)
-
-    @staticmethod
-    def _guarded(send: Callable[..., None], *args: Any) -> None:
-        """A transport that fails must not stop the mining."""
-        try:
-            send(*args)
-        except Exception:
-            log.exception("broadcast failed")
-
-    def _maybe_report(self, w: Work, report: Report) -> None:
-        now = time.time()
-        if now - w.last_broadcast >= self.report_interval:
-            w.last_broadcast = now
-            payload = PoSapReport(
-                task_id=w.task.task_id, prev_hash=w.head, shapley=list(report.shapley), iterations=report.iterations
-            )
-            self.broadcast_report(payload.sign(self.identity))
-
-    def _try_win(self, w: Work) -> Block | None:
-        """Line 17: if this miner's S is within D of S̄, build, append and return its block."""
-        with self.lock:
-            if self.work is not w or not w.posap.is_winner() or self.chain.head != w.head:
-                return None
-            avg = w.posap.network_average()
-            try:
-                block = build_block(
-                    self.chain,
-                    task=w.task,
-                    winner=self.identity,
-                    s_winner=list(w.posap.shapley),
-                    s_avg=[] if avg is None else list(avg),
-                    iterations=w.posap.iterations,
-                    transactions=self.mempool.pending(),
-                )
-                self.chain.add_block(block)
-            except InvalidBlock as exc:
-                log.error("own block on task %s rejected: %s", w.task.task_id, exc)
-                return None
-            self.stats["blocks_won"] += 1
-            log.info("won task %s at height %d after %d iterations", w.task.task_id, block.height, w.posap.iterations)
-            self._after_head_change()
-            return block
+        """The mining loop (:class:`~fedcoin.node.worker.PoSapWorker`); returns when ``stop`` is set."""
+        PoSapWorker(self).run(stop)

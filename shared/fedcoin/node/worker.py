@@ -1,0 +1,149 @@
+"""The PoSap worker: a miner's loop over Algorithm 1, in its own thread.
+
+The worker takes the oldest unsettled task of its :class:`~fedcoin.node.miner.MinerNode`,
+runs iterations from the current head (lines 4–12) outside the node's lock,
+broadcasts its report every ``report_interval`` seconds (line 13) and, when its
+S is within D of the network average S̄ (line 17), builds the block (line 18),
+appends it and hands it to ``broadcast_block``. A task whose marginals fail is
+dropped; a broadcast that fails is logged; neither stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fedcoin.chain.blocks import Block
+from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.consensus.mining import build_block
+from fedcoin.consensus.posap import PoSapMiner, Report
+from fedcoin.errors import FedcoinError, InvalidBlock
+
+from .messages import PoSapReport
+
+if TYPE_CHECKING:
+    from .miner import MinerNode
+
+log = logging.getLogger("fedcoin.miner")
+
+
+@dataclass
+class Work:
+    """This miner's PoSap run on one task from one head."""
+
+    task: ShapleyTask
+    head: str
+    posap: PoSapMiner
+    started: float = field(default_factory=time.time)
+    last_broadcast: float = 0.0
+
+
+class PoSapWorker:
+    def __init__(self, node: MinerNode) -> None:
+        self.node = node
+
+    def run(self, stop: threading.Event) -> None:
+        """Mine until ``stop`` is set."""
+        node = self.node
+        while not stop.is_set():
+            w = self._current()
+            if w is None:
+                continue
+            try:
+                report = w.posap.step(node.batch)  # the expensive part, outside the lock
+            except Exception as exc:  # a broken task must not kill the miner
+                log.exception("PoSap step failed on task %s", w.task.task_id)
+                self._drop_task(w, f"{type(exc).__name__}: {exc}")
+                continue
+            node.stats["iterations"] += node.batch
+            self._guarded(self._maybe_report, w, report)
+            block = self._try_win(w)
+            if block is not None:
+                self._guarded(node.broadcast_block, block)
+
+    def _current(self) -> Work | None:
+        """The work in progress, started on the oldest unsettled task if there is none; None after a wait."""
+        node = self.node
+        with node.lock:
+            if node.work is None:
+                try:
+                    node.work = self._start_work()
+                except FedcoinError as exc:
+                    log.error("cannot start PoSap work: %s", exc)
+            if node.work is None:
+                node.wake.wait(timeout=0.5)
+            return node.work
+
+    def _start_work(self) -> Work | None:
+        node, chain = self.node, self.node.chain
+        task = node.tasks.next_unsettled(chain.is_settled)
+        if task is None:
+            return None
+        posap = PoSapMiner(
+            miner=node.identity.account,
+            task_id=task.task_id,
+            prev_hash=chain.head,
+            n_players=task.n_players,
+            marginals=node.tasks.marginals(task),
+            difficulty=chain.next_difficulty(),
+            p=chain.params.p,
+            min_peers=node.min_peers,
+        )
+        for peer, rep in node.take_early_reports(task.task_id, chain.head).items():
+            posap.receive(peer, rep)
+        log.info("mining task %s on head %s (D=%g)", task.task_id, chain.head[:12], posap.difficulty)
+        return Work(task, chain.head, posap)
+
+    def _drop_task(self, w: Work, why: str) -> None:
+        log.error("dropping task %s: %s", w.task.task_id, why)
+        with self.node.lock:
+            self.node.tasks.drop(w.task.task_id)
+            if self.node.work is w:
+                self.node.work = None
+
+    @staticmethod
+    def _guarded(send: Callable[..., None], *args: Any) -> None:
+        """A transport that fails must not stop the mining."""
+        try:
+            send(*args)
+        except Exception:
+            log.exception("broadcast failed")
+
+    def _maybe_report(self, w: Work, report: Report) -> None:
+        now = time.time()
+        if now - w.last_broadcast >= self.node.report_interval:
+            w.last_broadcast = now
+            payload = PoSapReport(
+                task_id=w.task.task_id, prev_hash=w.head, shapley=list(report.shapley), iterations=report.iterations
+            )
+            self.node.broadcast_report(payload.sign(self.node.identity))
+
+    def _try_win(self, w: Work) -> Block | None:
+        """Line 17: if this miner's S is within D of S̄, build, append and return its block."""
+        node = self.node
+        with node.lock:
+            if node.work is not w or not w.posap.is_winner() or node.chain.head != w.head:
+                return None
+            avg = w.posap.network_average()
+            try:
+                block = build_block(
+                    node.chain,
+                    task=w.task,
+                    winner=node.identity,
+                    s_winner=list(w.posap.shapley),
+                    s_avg=[] if avg is None else list(avg),
+                    iterations=w.posap.iterations,
+                    transactions=node.mempool.pending(),
+                )
+                node.chain.add_block(block)
+            except InvalidBlock as exc:
+                log.error("own block on task %s rejected: %s", w.task.task_id, exc)
+                return None
+            node.stats["blocks_won"] += 1
+            log.info("won task %s at height %d after %d iterations", w.task.task_id, block.height, w.posap.iterations)
+            node.after_head_change()
+            return block
