@@ -89,8 +89,17 @@ def fedavg(
     if not isinstance(updates, Sequence) or len(updates) == 0:
         raise InvalidInput("fedavg needs a non-empty sequence of updates")
     _check_sample_counts(weights_n, len(updates))
+    validate_updates(updates, reference_shapes)
+    return weighted_average(updates, weights_n)
+
+
+def validate_updates(
+    updates: Sequence[object], reference_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """:func:`validate_update` on each of ``updates`` against ``reference_shapes`` (default: the
+    first update's shapes); the error names the first bad update. Returns the shapes checked against."""
     if reference_shapes is None:
-        if not isinstance(updates[0], Mapping):
+        if not updates or not isinstance(updates[0], Mapping):
             raise InvalidInput("update 0 is not a mapping name -> tensor")
         reference_shapes = {k: tuple(v.shape) for k, v in updates[0].items() if isinstance(v, torch.Tensor)}
     for i, u in enumerate(updates):
@@ -98,4 +107,4 @@ def fedavg(
             validate_update(u, reference_shapes)
         except InvalidInput as exc:
             raise InvalidInput(f"update {i} rejected: {exc}") from None
-    return weighted_average(updates, weights_n)
+    return {k: tuple(v) for k, v in reference_shapes.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -108,12 +109,16 @@ class HttpMinerGateway:
         self.http = http
         self.timeout = timeout
 
-    def get(self, path: str) -> Any | None:
+    def _answers(self, path: str) -> Iterator[httpx.Response]:
+        """Each reachable miner's answer to GET ``path``, one miner at a time."""
         for m in self.miners:
             try:
-                r = self.http.get(f"{m}{path}", timeout=self.timeout)
+                yield self.http.get(f"{m}{path}", timeout=self.timeout)
             except httpx.HTTPError:
                 continue
+
+    def get(self, path: str) -> Any | None:
+        for r in self._answers(path):
             if r.status_code == 200:
                 return r.json()
             if r.status_code == 404:
@@ -121,15 +126,7 @@ class HttpMinerGateway:
         return None
 
     def get_all(self, path: str) -> list[Any]:
-        out = []
-        for m in self.miners:
-            try:
-                r = self.http.get(f"{m}{path}", timeout=self.timeout)
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200:
-                out.append(r.json())
-        return out
+        return [r.json() for r in self._answers(path) if r.status_code == 200]
 
     def post_all(self, path: str, body: Any) -> list[tuple[int, str]]:
         def post(m: str) -> tuple[int, str] | None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fedcoin.errors import InvalidInput
-from fedcoin.fl.fedavg import validate_update
+from fedcoin.fl.fedavg import validate_update, validate_updates
 from fedcoin.fl.model import forward, mlp_layers
 
 METRICS = ("neg_loss", "accuracy")
@@ -107,15 +107,9 @@ class Problem:
                 raise InvalidInput("global_weights must be a weight dict")
             ref = {k: tuple(v.shape) for k, v in global_weights.items() if isinstance(v, torch.Tensor)}
             validate_update(global_weights, ref)
+            validate_updates(updates, ref)
         else:
-            if not isinstance(updates[0], Mapping):
-                raise InvalidInput("update 0 is not a weight dict")
-            ref = {k: tuple(v.shape) for k, v in updates[0].items() if isinstance(v, torch.Tensor)}
-        for i, u in enumerate(updates):
-            try:
-                validate_update(u, ref)
-            except InvalidInput as exc:
-                raise InvalidInput(f"update {i} rejected: {exc}") from None
+            validate_updates(updates)
         layers = mlp_layers(updates[0])
         self.in_features = layers[0][0].shape[1]
         self.num_classes = layers[-1][0].shape[0]
