@@ -89,6 +89,11 @@ def test_blocks_are_judged_with_their_reason_and_change_nothing(miner, net, node
     r = miner.post("/blocks", json=winner.to_dict())
     assert r.status_code == 200 and r.json()["status"] == "extended"
     error(miner.post("/blocks", json=loser.to_dict()), 409, "stale-block")
+    head = miner.get("/chain/head").json()
+    mutated = winner.model_copy(update={"body": winner.body.model_copy(update={"transactions": []})})
+    error(miner.post("/blocks", json=mutated.to_dict()), 422, "bad-merkle-root")  # not 200 "known"
+    assert miner.post("/blocks", json=winner.to_dict()).json()["status"] == "known"
+    assert miner.get("/chain/head").json() == head
 
 
 def test_a_bad_setting_stops_the_service_before_it_serves(node_env, monkeypatch):

@@ -176,6 +176,7 @@ def test_reports_are_parsed_once_and_early_ones_kept(net, tmp_path):
         {**report.model_dump(), "iterations": -1},
         {**report.model_dump(), "extra": 1},
         {**report.model_dump(), "shapley": [float("nan")]},
+        {**report.model_dump(), "iterations": 10**309},  # once an OverflowError in the worker's average
     ):
         with pytest.raises(InvalidInput):
             node.receive_report(SignedMessage.create(net.miners[1], PoSapReport.KIND, bad))

@@ -579,6 +579,31 @@ def test_known_block_is_idempotent(env):
     assert net.snapshot(chain) == before
 
 
+def test_a_mutated_copy_of_a_known_block_is_rejected_not_known(env):
+    """Bitcoin Core's 'mutated block': the header hash is known, the bytes are not the block's."""
+    net, chain, good, _ = env
+    accept(net, chain, good)
+    txs = good.body.transactions
+    fewer = good.model_copy(update={"body": good.body.model_copy(update={"transactions": txs[:-1]})})
+    other_task = net.task("t9", published_at=good.body.task.published_at)
+    swapped = good.model_copy(update={"body": good.body.model_copy(update={"task": other_task})})
+    no_task = good.model_copy(update={"body": good.body.model_copy(update={"task": None})})
+    resigned = net.reheader(good, net.miners[3])  # same header hash, someone else's signature
+    for mutated, reason in (
+        (fewer, "bad-merkle-root"),
+        (swapped, "task-mismatch"),
+        (no_task, "missing-task"),
+        (resigned, "bad-signature"),
+    ):
+        assert mutated.hash == good.hash
+        before = net.snapshot(chain)
+        for add in (lambda b: chain.add_block(b, now=net.NOW), lambda b: chain.add_chain([b], now=net.NOW)):
+            with pytest.raises(InvalidBlock) as info:
+                add(mutated)
+            assert info.value.reason == reason
+        assert net.snapshot(chain) == before and chain.get(good.hash) == good
+
+
 # --- task funding (deposits embedded in the task) ---------------------------------------
 
 

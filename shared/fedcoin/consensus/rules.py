@@ -17,7 +17,9 @@
 =====================  =================================================================
 
 Condition 3 (the block beats the head) and ``orphan-block`` belong to fork
-choice (:class:`fedcoin.ledger.chain.Chain`). Every rule only reads; the state
+choice (:class:`fedcoin.ledger.chain.Chain`), which also runs :func:`check_body`
+and :func:`check_seal` on a block whose hash it already knows but whose bytes
+differ (a mutated copy). Every rule only reads; the state
 after the block is returned by :func:`check_settlement`.
 """
 
@@ -69,6 +71,20 @@ def check_task(block: Block) -> ShapleyTask:
     if h.iterations < 1:
         raise InvalidBlock(Reason.BAD_ITERATIONS, "the winner claims no Shapley iteration")
     return task
+
+
+def check_body(block: Block) -> None:
+    """The body is the one the header commits to: its task is the header's and its transactions hash
+    to the header's Merkle root. Cheap; a node runs it even on a block whose header it already knows,
+    so a mutated copy of a known block is rejected rather than answered as known."""
+    h = block.header
+    task = block.body.task
+    if task is None and h.height > 0:
+        raise InvalidBlock(Reason.MISSING_TASK, "the body holds no Shapley task")
+    if task is not None and (task.task_id != h.task_id or task.task_hash != h.task_hash):
+        raise InvalidBlock(Reason.TASK_MISMATCH, "header task_id/task_hash do not match the body's task")
+    if body_merkle_root(block.body.transactions) != h.merkle_root:
+        raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "merkle root does not match the body's transactions")
 
 
 def check_seal(block: Block) -> None:

@@ -24,7 +24,7 @@ from fedcoin.chain.blocks import Block
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.consensus.difficulty import next_difficulty
-from fedcoin.consensus.rules import verify_block
+from fedcoin.consensus.rules import check_body, check_seal, verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason, StaleBlock, StoreError
 
 from .index import BlockIndex
@@ -140,6 +140,17 @@ class Chain:
     def next_difficulty(self) -> float:
         return next_difficulty(self.tail(), self.params)
 
+    def _known(self, block: Block) -> bool:
+        """True if this exact block is stored; a different block with a known header hash (a mutated
+        body or signature) raises the reason its body or seal fails with."""
+        stored = self._index.get(block.hash)
+        if stored is None:
+            return False
+        if block != stored:
+            check_body(block)
+            check_seal(block)
+        return True
+
     def _beats_head(self, height: int, block_hash: str) -> bool:
         return height > self.height or (height == self.height and block_hash < self.head)
 
@@ -167,7 +178,7 @@ class Chain:
 
     def add_block(self, block: Block, *, local_avg: Sequence[float] | None = None, now: int | None = None) -> AddResult:
         """Verify ``block`` and make it the head, or raise and change nothing."""
-        if isinstance(block, Block) and block.hash in self._index:
+        if isinstance(block, Block) and self._known(block):
             return AddResult("known", self.head, self.height)
         state = self.verify(block, local_avg=local_avg, now=now)
         return self._commit([block], block.hash, state)
@@ -180,7 +191,7 @@ class Chain:
         """
         if not isinstance(blocks, Sequence) or not all(isinstance(b, Block) for b in blocks):
             raise InvalidInput("add_chain needs a sequence of Blocks")
-        new = [b for b in blocks if b.hash not in self._index]
+        new = [b for b in blocks if not self._known(b)]
         if not new:
             return AddResult("known", self.head, self.height)
         parent = self._index.get(new[0].header.prev_hash)
