@@ -14,6 +14,7 @@ from fedcoin.chain.blocks import Block
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.tasks import ShapleyTask, make_task
+from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.mining import build_block
 from fedcoin.errors import InvalidBlock, InvalidInput
 from fedcoin.ledger.chain import Chain
@@ -279,3 +280,27 @@ def test_build_block_reads_the_chain_through_its_view(net):
     )
     assert block.header.prev_hash == chain.head and block.header.difficulty == chain.next_difficulty()
     assert chain.add_block(block, now=net.NOW).status == "extended"
+
+
+# --- a reorg returns the abandoned blocks' transactions to the mempool ---------------------------
+
+
+def test_a_reorg_returns_abandoned_transactions_to_the_mempool(net, tmp_path):
+    genesis = net.genesis()
+    alice, bob, carol = net.users
+    pay_bob = make_transaction(alice, bob.account, 10, 0)
+    pay_carol = make_transaction(bob, carol.account, 20, 0)
+    double_spend = make_transaction(bob, alice.account, 999, 0)  # the same nonce as pay_carol
+    branch_a = Chain(genesis)
+    a1 = net.block(branch_a, txs=[pay_bob, pay_carol], winner=0)
+    node = MinerNode(net.miners[2], Chain(genesis), tmp_path, CountingFactory())
+    assert node.add_chain([a1]).status == "extended"
+    assert len(node.mempool) == 0 and node.chain.balance(carol.account) == 1_020
+    branch_b = Chain(genesis)
+    for txs in ([double_spend], []):
+        branch_b.add_block(net.block(branch_b, txs=txs, winner=1), now=net.NOW)
+    result = node.add_chain(branch_b.main_chain()[1:])
+    assert result.status == "reorg" and [b.hash for b in result.abandoned] == [a1.hash]
+    # pay_bob applies on the new head and is pending again; pay_carol lost to the double spend
+    assert [t.txid for t in node.mempool.pending()] == [pay_bob.txid]
+    assert node.chain.balance(carol.account) == 1_000 and node.chain.head == branch_b.head

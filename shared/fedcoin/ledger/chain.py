@@ -33,12 +33,14 @@ from .store import BlockStore
 
 @dataclass(frozen=True)
 class AddResult:
-    """What adding blocks did: ``status`` is ``extended``, ``reorg`` or ``known``."""
+    """What adding blocks did: ``status`` is ``extended``, ``reorg`` or ``known``; after a reorg,
+    ``abandoned`` holds the blocks that left the main chain, oldest first."""
 
     status: str
     head: str
     height: int
     reorg_depth: int = 0
+    abandoned: tuple[Block, ...] = ()
 
 
 class Chain:
@@ -227,7 +229,8 @@ class Chain:
         while fork < min(len(old_main), len(new_main)) and old_main[fork] == new_main[fork]:
             fork += 1
         depth = len(old_main) - fork
+        abandoned = tuple(self._index[h] for h in old_main[fork:])
         self._main = new_main
         self._head_state = tip_state
         self._index.remember(tip, tip_state)
-        return AddResult("reorg" if depth > 0 else "extended", tip, self.height, depth)
+        return AddResult("reorg" if depth > 0 else "extended", tip, self.height, depth, abandoned)

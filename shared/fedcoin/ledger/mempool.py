@@ -7,15 +7,17 @@ transaction of the sender has the same nonce, and the sender's balance covers
 it together with the sender's other pending transactions. Admitted
 transactions are written to disk before :meth:`Mempool.add` returns, so an
 accepted transaction survives a restart; they leave the pool when a block on
-the main chain makes them stale (their nonce is used up).
+the main chain makes them stale (their nonce is used up), and the user
+transactions of blocks a reorg abandons come back (:meth:`Mempool.restore`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from fedcoin.chain.blocks import Block
 from fedcoin.chain.state import ChainState
 from fedcoin.chain.transactions import USER_KINDS, Transaction
 from fedcoin.errors import InvalidInput, InvalidSignature, InvalidTransaction, Reason
@@ -105,6 +107,22 @@ class Mempool:
             self._conn.executemany("DELETE FROM mempool WHERE txid = ?", [(t,) for t in gone])
         for t in gone:
             del self._txs[t]
+
+    def restore(self, blocks: Sequence[Block], state: ChainState) -> list[str]:
+        """Return the user transactions of ``blocks`` (abandoned by a reorg, oldest first) to the pool,
+        each re-validated against the new head ``state``; those that no longer apply (confirmed on the
+        new branch too, or double-spent there) are dropped. Returns the ids readmitted."""
+        back = []
+        for block in blocks:
+            for tx in block.body.transactions:
+                if tx.kind not in USER_KINDS:
+                    continue
+                try:
+                    if self.add(tx, state):
+                        back.append(tx.txid)
+                except InvalidTransaction:
+                    continue
+        return back
 
     def prune(self, state: ChainState) -> list[str]:
         """Drop transactions whose nonce the head has used up; return their ids."""

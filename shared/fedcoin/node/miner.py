@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedcoin.chain.blocks import Block
@@ -146,18 +146,24 @@ class MinerNode:
                 local = None if avg is None else list(avg)
             result = self.chain.add_block(block, local_avg=local)
             if result.status != "known":
-                self.after_head_change()
+                self.after_head_change(result.abandoned)
             return result
 
     def add_chain(self, blocks: list[Block]) -> AddResult:
         with self.lock:
             result = self.chain.add_chain(blocks)
             if result.status != "known":
-                self.after_head_change()
+                self.after_head_change(result.abandoned)
             return result
 
-    def after_head_change(self) -> None:
-        self.mempool.prune(self.chain.head_state)
+    def after_head_change(self, abandoned: Sequence[Block] = ()) -> None:
+        """After the head moved (call under the lock): the transactions of abandoned blocks return to the
+        mempool, spent ones leave it, settled tasks' engines go, and work on an old head stops."""
+        state = self.chain.head_state
+        if abandoned:
+            back = self.mempool.restore(abandoned, state)
+            log.info("reorg abandoned %d block(s); %d transaction(s) back in the mempool", len(abandoned), len(back))
+        self.mempool.prune(state)
         self.tasks.evict(self.chain.is_settled)
         w = self.work
         if w is not None and w.head != self.chain.head:

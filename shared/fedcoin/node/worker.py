@@ -139,11 +139,11 @@ class PoSapWorker:
                     iterations=w.posap.iterations,
                     transactions=node.mempool.pending(),
                 )
-                node.chain.add_block(block)
+                result = node.chain.add_block(block)
             except InvalidBlock as exc:
                 log.error("own block on task %s rejected: %s", w.task.task_id, exc)
                 return None
             node.stats["blocks_won"] += 1
             log.info("won task %s at height %d after %d iterations", w.task.task_id, block.height, w.posap.iterations)
-            node.after_head_change()
+            node.after_head_change(result.abandoned)
             return block
