@@ -17,8 +17,8 @@
 =====================  =================================================================
 
 Condition 3 (the block beats the head) and ``orphan-block`` belong to fork
-choice (:class:`fedcoin.ledger.chain.Chain`), which also runs :func:`check_body`
-and :func:`check_seal` on a block whose hash it already knows but whose bytes
+choice (:class:`fedcoin.ledger.chain.Chain`), which also runs
+:func:`check_mutation` on a block whose hash it already knows but whose bytes
 differ (a mutated copy). Every rule only reads; the state
 after the block is returned by :func:`check_settlement`.
 """
@@ -53,11 +53,9 @@ def check_links(block: Block, parent: Block) -> None:
 def check_task(block: Block) -> ShapleyTask:
     """The body's task is the header's, signed by its server, with one S value per client."""
     h = block.header
-    task = block.body.task
+    task = _committed_task(block)
     if task is None:
         raise InvalidBlock(Reason.MISSING_TASK, "the body holds no Shapley task")
-    if task.task_id != h.task_id or task.task_hash != h.task_hash:
-        raise InvalidBlock(Reason.TASK_MISMATCH, "header task_id/task_hash do not match the body's task")
     try:
         task.verify_signature()
     except InvalidSignature as exc:
@@ -73,29 +71,40 @@ def check_task(block: Block) -> ShapleyTask:
     return task
 
 
-def check_body(block: Block) -> None:
-    """The body is the one the header commits to: its task is the header's and its transactions hash
-    to the header's Merkle root. Cheap; a node runs it even on a block whose header it already knows,
-    so a mutated copy of a known block is rejected rather than answered as known."""
-    h = block.header
-    task = block.body.task
-    if task is None and h.height > 0:
-        raise InvalidBlock(Reason.MISSING_TASK, "the body holds no Shapley task")
+def _committed_task(block: Block) -> ShapleyTask | None:
+    """The body's task, if the header names it (``task-mismatch`` otherwise)."""
+    h, task = block.header, block.body.task
     if task is not None and (task.task_id != h.task_id or task.task_hash != h.task_hash):
         raise InvalidBlock(Reason.TASK_MISMATCH, "header task_id/task_hash do not match the body's task")
-    if body_merkle_root(block.body.transactions) != h.merkle_root:
+    return task
+
+
+def _check_merkle_root(block: Block) -> None:
+    if body_merkle_root(block.body.transactions) != block.header.merkle_root:
         raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "merkle root does not match the body's transactions")
 
 
-def check_seal(block: Block) -> None:
-    """The header commits to the body and is signed by its winner."""
+def _check_winner_signature(block: Block) -> None:
     h = block.header
-    if body_merkle_root(block.body.transactions) != h.merkle_root:
-        raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "merkle root does not match the body's transactions")
     try:
         verify_signature(h.winner, h.signing_payload(), h.signature)
     except InvalidSignature as exc:
         raise InvalidBlock(Reason.BAD_SIGNATURE, f"header not signed by the winner: {exc}") from exc
+
+
+def check_mutation(block: Block) -> None:
+    """The bytes are the ones the header commits to: its task, its transactions, its winner's signature.
+    Cheap; a node runs it on a block whose header hash it already knows but whose bytes differ, so a
+    mutated copy of a known block is rejected rather than answered as known."""
+    if _committed_task(block) is None and block.header.height > 0:
+        raise InvalidBlock(Reason.MISSING_TASK, "the body holds no Shapley task")
+    check_seal(block)
+
+
+def check_seal(block: Block) -> None:
+    """The header commits to the body and is signed by its winner."""
+    _check_merkle_root(block)
+    _check_winner_signature(block)
 
 
 def check_difficulty(block: Block, ancestors: Sequence[Block], params: ChainParams) -> None:

@@ -78,8 +78,7 @@ def race(
                 if i != j:
                     s.receive(miners[j].account, r)
         for i, s in enumerate(states):
-            avg = s.network_average()
-            if s.is_winner() and avg is not None:
+            if s.is_winner() and (avg := s.network_average()) is not None:
                 block = build_block(
                     chains[i],
                     task=task,

@@ -24,7 +24,7 @@ from fedcoin.chain.blocks import Block
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.consensus.difficulty import next_difficulty
-from fedcoin.consensus.rules import check_body, check_seal, verify_block
+from fedcoin.consensus.rules import check_mutation, verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason, StaleBlock, StoreError
 
 from .index import BlockIndex
@@ -149,8 +149,7 @@ class Chain:
         if stored is None:
             return False
         if block != stored:
-            check_body(block)
-            check_seal(block)
+            check_mutation(block)
         return True
 
     def _beats_head(self, height: int, block_hash: str) -> bool:

@@ -103,7 +103,9 @@ class MinerNode:
         task.verify_signature()
         if sha256_hex(content) != task.content_hash:
             raise InvalidInput("content does not match the task's content_hash")
-        if not self.wants_task(task) or not self.tasks.claim(task.task_id):
+        with self.lock:
+            settled = self.chain.is_settled(task.task_id)
+        if settled or not self.tasks.claim(task.task_id):  # claim() is the authoritative "known" check
             return False
         self.tasks.accept(task, content)  # builds the engine (a moment), outside the node's lock
         with self.lock:

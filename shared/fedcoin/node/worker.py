@@ -129,13 +129,15 @@ class PoSapWorker:
             if node.work is not w or not w.posap.is_winner() or node.chain.head != w.head:
                 return None
             avg = w.posap.network_average()
+            if avg is None:  # not reachable after is_winner(); never build on an empty S̄
+                return None
             try:
                 block = build_block(
                     node.chain,
                     task=w.task,
                     winner=node.identity,
                     s_winner=list(w.posap.shapley),
-                    s_avg=[] if avg is None else list(avg),
+                    s_avg=list(avg),
                     iterations=w.posap.iterations,
                     transactions=node.mempool.pending(),
                 )
