@@ -82,7 +82,12 @@ def shapley_seed(
     start = now_ms()
     genesis = GenesisConfig(
         params=ChainParams(
-            chain_id="fedcoin-paper-fig4", p=P_NORM, initial_difficulty=difficulty, retarget_window=10_000
+            chain_id="fedcoin-paper-fig4",
+            p=P_NORM,
+            initial_difficulty=difficulty,
+            retarget_window=10_000,
+            servers=[server.account],
+            miners=[m.account for m in miners],
         ),
         allocations={requester.account: BUDGET},
         timestamp=start - 1_000,

@@ -116,6 +116,12 @@ def create_app() -> FastAPI:
 
     @app.post("/reports", status_code=202)
     def post_report(body: Json) -> dict[str, str]:
+        """A peer's signed PoSap report (admitted miner, fresh, within the rate cap)."""
         return host.deliver_report(body)
+
+    @app.post("/fraud-proofs")
+    async def post_fraud_proof(body: Json) -> Json:
+        """A fraud proof: a block's logged leaf and its Merkle path; checked by recomputing that leaf."""
+        return await host.deliver_fraud_proof(body)
 
     return app

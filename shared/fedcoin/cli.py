@@ -22,7 +22,7 @@ from .chain.identity import Identity
 from .devnet.demo import DemoOutcome, follow_default_task
 from .devnet.local import LocalNetwork, plan_network
 from .devnet.simulation import demo_setup, race
-from .devnet.testnet import DEFAULT_DIFFICULTY, init_testnet
+from .devnet.testnet import DEFAULT_DIFFICULTY, DEFAULT_MINERS, init_testnet
 from .errors import FedcoinError
 from .ledger.chain import Chain
 from .node.settings import ROLES, load
@@ -169,12 +169,14 @@ app.add_typer(testnet, name="testnet")
 
 @testnet.command("init")
 def testnet_init(
-    directory: Path = typer.Argument(..., help="where to write requester.key and genesis.json"),
+    directory: Path = typer.Argument(..., help="where to write genesis.json and the keys"),
     difficulty: float = typer.Option(DEFAULT_DIFFICULTY, help="initial difficulty D"),
+    miners: int = typer.Option(DEFAULT_MINERS, min=1, max=1024, help="miner keys to create and admit"),
 ) -> None:
-    """Create the requester's key and a genesis that funds it (idempotent)."""
+    """Create the requester's, server's and miners' keys and a genesis that funds the requester and
+    admits the server and miners (idempotent)."""
     try:
-        out = init_testnet(directory, initial_difficulty=difficulty)
+        out = init_testnet(directory, initial_difficulty=difficulty, miners=miners)
     except FedcoinError as exc:
         _fail(exc)
     console.print_json(data=out)

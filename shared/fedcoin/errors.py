@@ -51,6 +51,8 @@ class Reason(enum.StrEnum):
     BAD_TASK_SIGNATURE = "bad-task-signature"
     BAD_SHAPLEY_LENGTH = "bad-shapley-length"
     BAD_ITERATIONS = "bad-iterations"
+    UNKNOWN_SERVER = "unknown-server"
+    UNKNOWN_MINER = "unknown-miner"
     # --- blocks: seal, difficulty and time ------------------------------------------
     BAD_MERKLE_ROOT = "bad-merkle-root"
     BAD_SIGNATURE = "bad-signature"
@@ -61,6 +63,14 @@ class Reason(enum.StrEnum):
     # --- blocks: Proof of Shapley (Algorithm 2) ---------------------------------------
     SHAPLEY_FAR_FROM_AVERAGE = "shapley-far-from-average"
     SHAPLEY_FAR_FROM_LOCAL = "shapley-far-from-local"
+    # --- blocks: verifiable work and the reports S̄ averages ------------------------------
+    BAD_WORK_ROOT = "bad-work-root"
+    BAD_WORK_MEAN = "bad-work-mean"
+    BAD_LEAF = "bad-leaf"
+    FRAUDULENT_BLOCK = "fraudulent-block"
+    BAD_REPORT = "bad-report"
+    TOO_FEW_REPORTS = "too-few-reports"
+    BAD_AVERAGE = "bad-average"
     # --- blocks: settlement (Algorithm 3) ---------------------------------------------
     TASK_ALREADY_SETTLED = "task-already-settled"
     BAD_REWARDS = "bad-rewards"
@@ -104,6 +114,8 @@ _DESCRIPTION = {
     Reason.BAD_TASK_SIGNATURE: "the task is not signed by the server it names",
     Reason.BAD_SHAPLEY_LENGTH: "S_winner or S̄ does not have one value per client of the task",
     Reason.BAD_ITERATIONS: "the winner claims no Shapley iteration",
+    Reason.UNKNOWN_SERVER: "the task is signed by a server the chain does not admit",
+    Reason.UNKNOWN_MINER: "the winner is not a miner the chain admits",
     Reason.BAD_MERKLE_ROOT: "the Merkle root does not match the body's transactions",
     Reason.BAD_SIGNATURE: "a header or transaction is not signed by its winner or sender",
     Reason.BAD_DIFFICULTY: "D is not the retarget rule's value at this height",
@@ -112,6 +124,15 @@ _DESCRIPTION = {
     Reason.TIME_TOO_NEW: "the timestamp is too far ahead of this node's clock",
     Reason.SHAPLEY_FAR_FROM_AVERAGE: "‖S_winner − S̄_block‖_p > D (Algorithm 2, condition 1)",
     Reason.SHAPLEY_FAR_FROM_LOCAL: "‖S̄_local − S_winner‖_p > D against this node's own S̄ (condition 2)",
+    Reason.BAD_WORK_ROOT: "the work log does not match the header's work_root, or its leaf count is not `iterations`",
+    Reason.BAD_WORK_MEAN: "S_winner is not the mean of the work log's leaves, or a leaf breaks efficiency "
+    "(its values do not sum to v(N) − v(∅))",
+    Reason.BAD_LEAF: "a leaf this node recomputed differs from the logged marginals (a fraud proof follows)",
+    Reason.FRAUDULENT_BLOCK: "a fraud proof showed this block, or one below it, logs a fabricated leaf",
+    Reason.BAD_REPORT: "a carried report is not a signed report of another admitted miner on this task and "
+    "parent, or claims more iterations than the rate cap allows",
+    Reason.TOO_FEW_REPORTS: "the block carries fewer reports of other miners than the chain requires",
+    Reason.BAD_AVERAGE: "S̄ is not the iteration-weighted mean of the winner's S and the carried reports",
     Reason.TASK_ALREADY_SETTLED: "the task was settled earlier on this branch",
     Reason.BAD_REWARDS: "the body does not end with exactly Algorithm 3's payout and rewards, "
     "or a payout/reward/genesis transaction stands elsewhere",

@@ -13,14 +13,17 @@ merkle_root    Merkle root of the body's transactions' wtxids (signature include
 timestamp      milliseconds since the Unix epoch, set by the winner
 task_id        the Shapley task this block settles
 task_hash      SHA-256 of that task's signed content
-iterations     the number of Shapley iterations the winner ran
+iterations     the number of Shapley iterations the winner ran: its work log's leaf count
+work_root      Merkle root of the winner's work log (:mod:`fedcoin.chain.work`)
+reports_root   Merkle root of the hashes of the reports S̄ averages (:mod:`fedcoin.chain.reports`)
 signature      the winner's Ed25519 signature over the header hash
 =============  ==============================================================
 
 Block hash = SHA-256 of ``tagged("fedcoin/header/v1", header without signature)``;
 the signature covers exactly that hash. The body holds the task specification
 (:class:`fedcoin.chain.tasks.ShapleyTask`, which itself names the content hash of the
-updates and where they are held) and the transactions.
+updates and where they are held), the winner's work log, the other miners'
+signed reports its S̄ averages, and the transactions.
 
 The genesis block (:mod:`fedcoin.chain.genesis`) is the one block without a
 winner, a task or a signature.
@@ -35,16 +38,24 @@ from pydantic import Field
 from .encoding import sha256_hex, tagged
 from .fields import AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
 from .merkle import merkle_root
+from .reports import ShapleyReport
 from .tasks import ShapleyTask
 from .transactions import Transaction
+from .work import WorkLog
 
 HEADER_DOMAIN = "fedcoin/header/v1"
 MAX_TRANSACTIONS = 10_000
+MAX_REPORTS = 256
 
 
 def body_merkle_root(transactions: list[Transaction]) -> str:
     """The Merkle root a header must carry for these transactions (leaves: wtxids)."""
     return merkle_root([tx.wtxid for tx in transactions])
+
+
+def reports_merkle_root(reports: list[ShapleyReport]) -> str:
+    """The Merkle root a header must carry for these reports (leaves: report hashes, signature excluded)."""
+    return merkle_root([r.hash for r in reports])
 
 
 class BlockHeader(LedgerModel):
@@ -61,6 +72,8 @@ class BlockHeader(LedgerModel):
     task_id: TaskId
     task_hash: Sha256Hex
     iterations: int = Field(ge=0)
+    work_root: Sha256Hex
+    reports_root: Sha256Hex
     signature: str = ""
 
     def signing_payload(self) -> bytes:
@@ -75,6 +88,8 @@ class BlockBody(LedgerModel):
     what: ClassVar[str] = "block body"
 
     task: ShapleyTask | None = None
+    work: WorkLog | None = None
+    reports: list[ShapleyReport] = Field(default_factory=list, max_length=MAX_REPORTS)
     transactions: list[Transaction] = Field(default_factory=list, max_length=MAX_TRANSACTIONS)
 
 

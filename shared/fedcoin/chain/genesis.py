@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from fedcoin.errors import InvalidInput
 
-from .blocks import Block, BlockBody, BlockHeader, body_merkle_root
+from .blocks import Block, BlockBody, BlockHeader, body_merkle_root, reports_merkle_root
 from .encoding import ZERO_HASH, sha256_hex, tagged
-from .fields import LedgerModel
+from .fields import AccountId, LedgerModel
 from .identity import check_account
 from .transactions import MAX_AMOUNT, MINT_ACCOUNT, Transaction
+from .work import empty_root
 
 PARAMS_DOMAIN = "fedcoin/params/v1"
 GENESIS_TASK_ID = "genesis"
@@ -42,15 +43,35 @@ class ChainParams(LedgerModel):
     max_difficulty: float = Field(default=1e3, gt=0)
     max_future_ms: int = Field(default=2 * 3600 * 1000, ge=0)
     median_time_window: int = Field(default=11, ge=1, le=1000)
+    consensus: Literal["verified", "paper"] = Field(
+        default="verified",
+        description="`verified`: admitted servers and miners, verifiable work, S̄ from carried reports, "
+        "fork choice by work; `paper`: Algorithm 2 as published (insecure, for comparison only)",
+    )
+    servers: list[AccountId] = Field(default_factory=list, max_length=1024, description="admitted FL servers")
+    miners: list[AccountId] = Field(default_factory=list, max_length=1024, description="admitted miners")
+    min_reports: int = Field(default=1, ge=0, le=256, description="reports of other miners a block must carry")
+    max_report_rate: float = Field(
+        default=5_000.0, gt=0, description="iterations per second a report may claim since its task and parent"
+    )
+    work_tolerance: float = Field(
+        default=2e-3, ge=0, le=1.0, description="largest |recomputed − logged| marginal a leaf may show"
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ChainParams:
-        for name in ("p", "initial_difficulty", "max_adjust", "min_difficulty", "max_difficulty"):
+        for name in ("p", "initial_difficulty", "max_adjust", "min_difficulty", "max_difficulty", "max_report_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         if not self.min_difficulty <= self.initial_difficulty <= self.max_difficulty:
             raise ValueError("need min_difficulty <= initial_difficulty <= max_difficulty")
+        if len(set(self.miners)) != len(self.miners) or len(set(self.servers)) != len(self.servers):
+            raise ValueError("admitted miners and servers must be distinct accounts")
         return self
+
+    @property
+    def verified(self) -> bool:
+        return self.consensus == "verified"
 
     @property
     def params_hash(self) -> str:
@@ -94,6 +115,8 @@ class GenesisConfig(LedgerModel):
             task_id=GENESIS_TASK_ID,
             task_hash=self.params.params_hash,
             iterations=0,
+            work_root=empty_root(),
+            reports_root=reports_merkle_root([]),
         )
         return Block(header=header, body=BlockBody(task=None, transactions=txs))
 

@@ -20,7 +20,7 @@ from .transactions import USER_KINDS, Transaction
 class ChainState:
     balances: dict[str, int] = field(default_factory=dict)
     nonces: dict[str, int] = field(default_factory=dict)
-    settled: set[str] = field(default_factory=set)
+    settled: set[str] = field(default_factory=set)  # settlement keys (server/task_id) of settled tasks
     deposits: set[str] = field(default_factory=set)  # txids of confirmed deposits
 
     def copy(self) -> ChainState:
@@ -83,5 +83,5 @@ def apply_block(state: ChainState, block: Block, *, check_signatures: bool = Tru
         except InvalidTransaction as exc:
             raise InvalidBlock(Reason.BAD_TRANSACTION, f"{exc.reason}: {exc.message}") from exc
     if block.body.task is not None:
-        new.settled.add(block.body.task.task_id)
+        new.settled.add(block.body.task.settlement_key)
     return new

@@ -73,6 +73,12 @@ class ShapleyTask(LedgerModel):
         return tagged(TASK_DOMAIN, self.model_dump(exclude={"signature"}))
 
     @property
+    def settlement_key(self) -> str:
+        """What the chain records as settled: the task id within its server's namespace, so no other
+        server (or requester choosing an id) can settle or block this server's task."""
+        return f"{self.server}/{self.task_id}"
+
+    @property
     def task_hash(self) -> str:
         return sha256_hex(self.signing_payload())
 

@@ -11,17 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from fedcoin.chain.blocks import Block, BlockBody, BlockHeader, body_merkle_root
+import numpy as np
+
+from fedcoin.chain.blocks import Block, BlockBody, BlockHeader, body_merkle_root, reports_merkle_root
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.state import ChainState
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import USER_KINDS, Transaction, make_transaction
+from fedcoin.chain.work import WorkLog, empty_root, work_mean
 from fedcoin.errors import InvalidBlock, InvalidInput, InvalidTransaction, Reason
 
 from .difficulty import next_difficulty
 from .payments import settlement_transactions
+from .posap import Report, average_reports
 from .rules import median_time_past
 
 
@@ -81,24 +86,62 @@ def build_block(
     *,
     task: ShapleyTask,
     winner: Identity,
-    s_winner: Sequence[float],
-    s_avg: Sequence[float],
-    iterations: int,
+    leaves: np.ndarray,
+    reports: Sequence[ShapleyReport] = (),
     transactions: Sequence[Transaction] = (),
     timestamp: int | None = None,
 ) -> Block:
-    """Create the block a PoSap winner broadcasts on ``chain``'s head.
+    """Create the block a PoSap winner broadcasts on ``chain``'s head, from its work log.
 
-    The body holds those of ``transactions`` (pending user transfers and
-    deposits) that apply in order on the head state (others are left out),
-    then Algorithm 3's payout and rewards, the rewards signed now by
-    ``winner`` with its next nonces. Pending transactions come first so that a
-    requester's deposit confirmed in this block can fund the server's payout.
-    Raises :class:`~fedcoin.errors.InvalidBlock` (``bad-transaction``) when the
-    task cannot be settled on the head (the server cannot pay, say).
+    ``leaves`` are the winner's per-iteration marginal vectors; S_winner is
+    their exact mean and S̄ the iteration-weighted mean of S_winner and
+    ``reports`` (the other miners' latest signed reports on this task and
+    head), which the body carries. The body holds those of ``transactions``
+    (pending user transfers and deposits) that apply in order on the head
+    state (others are left out), then Algorithm 3's payout and rewards, the
+    rewards signed now by ``winner`` with its next nonces. Pending
+    transactions come first so that a requester's deposit confirmed in this
+    block can fund the server's payout. Raises
+    :class:`~fedcoin.errors.InvalidBlock` (``bad-transaction``) when the task
+    cannot be settled on the head (the server cannot pay, say).
     """
+    leaves = np.asarray(leaves, dtype=np.float64)
+    if leaves.ndim != 2 or leaves.shape[0] < 1:
+        raise InvalidInput("build_block needs a work log of at least one leaf")
+    s_winner = work_mean(leaves)
+    s_avg = average_reports([Report(tuple(s_winner), leaves.shape[0]), *reports]).tolist()
+    return seal_block(
+        chain,
+        task=task,
+        winner=winner,
+        s_winner=s_winner,
+        s_avg=s_avg,
+        iterations=leaves.shape[0],
+        work=WorkLog.from_leaves(leaves, task.n_players),
+        reports=reports,
+        transactions=transactions,
+        timestamp=timestamp,
+    )
+
+
+def seal_block(
+    chain: ChainView,
+    *,
+    task: ShapleyTask,
+    winner: Identity,
+    s_winner: Sequence[float],
+    s_avg: Sequence[float],
+    iterations: int,
+    work: WorkLog | None = None,
+    reports: Sequence[ShapleyReport] = (),
+    transactions: Sequence[Transaction] = (),
+    timestamp: int | None = None,
+) -> Block:
+    """Assemble and sign a block with the given header values, as they are: what
+    :func:`build_block` derives from a work log, or an attacker's claim in a test
+    (under ``consensus = "paper"`` nothing more is checked)."""
     if not isinstance(task, ShapleyTask) or not isinstance(winner, Identity):
-        raise InvalidInput("build_block needs a ShapleyTask and the winner's Identity")
+        raise InvalidInput("a block needs a ShapleyTask and the winner's Identity")
     s_avg = [float(x) for x in s_avg]
     txs = _body(task, winner, s_avg, transactions, chain.head_state)
     tail = chain.tail()
@@ -116,6 +159,9 @@ def build_block(
         task_id=task.task_id,
         task_hash=task.task_hash,
         iterations=iterations,
+        work_root=empty_root() if work is None else work.root(),
+        reports_root=reports_merkle_root(list(reports)),
     )
     header = header.model_copy(update={"signature": winner.sign(header.signing_payload())})
-    return Block(header=header, body=BlockBody(task=task, transactions=txs))
+    body = BlockBody(task=task, work=work, reports=list(reports), transactions=txs)
+    return Block(header=header, body=body)

@@ -14,9 +14,11 @@ Permutation derivation (fully specified, independent of numpy or Python's
     Fisher–Yates: perm = [0..n−1]; for i = n−1 down to 1: j = uniform(i+1); swap perm[i], perm[j]
 
 The running estimate S is the mean of the per-iteration marginal vectors
-(line 11); the network average S̄ is the iteration-weighted mean of the latest
-(S, time) report of every miner, own included (line 16); a miner wins when
-‖S − S̄‖_p ≤ D (line 17).
+(line 11), each kept as a leaf of the miner's work log
+(:mod:`fedcoin.chain.work`); the network average S̄ is the iteration-weighted
+mean of the latest (S, time) report of every miner, own included (line 16),
+computed by :func:`average_reports` with exactly rounded sums so every node
+gets the same bits; a miner wins when ‖S − S̄‖_p ≤ D (line 17).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcoin.chain.encoding import is_hex, tagged
+from fedcoin.chain.reports import ShapleyReport
+from fedcoin.chain.work import work_mean
 from fedcoin.errors import InvalidInput
 from fedcoin.valuation.sampling import RunningMean
 
@@ -111,20 +115,17 @@ class Report:
     iterations: int
 
 
-def average_reports(reports: Iterable[Report]) -> np.ndarray:
-    """Line 16: S̄ = Σ time·S / Σ time over the given reports."""
+def average_reports(reports: Iterable[Report | ShapleyReport]) -> np.ndarray:
+    """Line 16: S̄ = Σ time·S / Σ time over the given reports, each sum exactly rounded
+    (``math.fsum`` of the products), so the value is the same on every platform."""
     reps = [r for r in reports if r.iterations > 0]
     if not reps:
         raise InvalidInput("no report with a positive iteration count")
     n = len(reps[0].shapley)
-    total = np.zeros(n, dtype=np.float64)
-    weight = 0
-    for r in reps:
-        if len(r.shapley) != n:
-            raise InvalidInput("reports have different lengths")
-        total += r.iterations * np.asarray(r.shapley, dtype=np.float64)
-        weight += r.iterations
-    return total / weight
+    if any(len(r.shapley) != n for r in reps):
+        raise InvalidInput("reports have different lengths")
+    weight = float(sum(r.iterations for r in reps))
+    return np.array([math.fsum(r.iterations * float(r.shapley[i]) for r in reps) / weight for i in range(n)])
 
 
 class PoSapMiner:
@@ -170,7 +171,9 @@ class PoSapMiner:
         self.min_peers = min_peers
         self._marginals = marginals
         self._running = RunningMean(n_players)
+        self._leaves: list[np.ndarray] = []
         self._peers: dict[str, Report] = {}
+        self._signed: dict[str, ShapleyReport] = {}
 
     @property
     def iterations(self) -> int:
@@ -187,13 +190,31 @@ class PoSapMiner:
         """Run ``count`` iterations (lines 4–12) and return the report to broadcast."""
         for _ in range(count):
             perm = derive_permutation(self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players)
-            self._running.update(self._marginals(perm))  # line 11; rejects a wrong length or non-finite values
+            leaf = np.array(self._marginals(perm), dtype=np.float64)
+            self._running.update(leaf)  # line 11; rejects a wrong length or non-finite values
+            self._leaves.append(leaf)
         return self.report()
 
-    def receive(self, peer: str, report: Report) -> None:
-        """Keep the latest report of ``peer`` (a later one with fewer iterations is ignored)."""
+    def leaves(self) -> np.ndarray:
+        """The work log: one marginal vector per iteration, in iteration order."""
+        if not self._leaves:
+            return np.zeros((0, self.n_players))
+        return np.stack(self._leaves)
+
+    def exact_shapley(self) -> list[float]:
+        """S as a block states it: the exactly rounded mean of the work log."""
+        return work_mean(self.leaves())
+
+    def receive(self, peer: str, report: Report | ShapleyReport) -> None:
+        """Keep the latest report of ``peer`` (a later one with fewer iterations is ignored); a signed
+        :class:`~fedcoin.chain.reports.ShapleyReport` must be for this task and head, and is kept for
+        the block this miner may build."""
         if peer == self.miner:
             return
+        if isinstance(report, ShapleyReport) and (
+            report.miner != peer or report.task_id != self.task_id or report.prev_hash != self.prev_hash
+        ):
+            raise InvalidInput("report is not this peer's report on this task and head")
         if len(report.shapley) != self.n_players:
             raise InvalidInput(f"report has {len(report.shapley)} values, task has {self.n_players} players")
         if not isinstance(report.iterations, int) or report.iterations < 0:
@@ -202,11 +223,19 @@ class PoSapMiner:
             raise InvalidInput("report holds non-finite values")
         old = self._peers.get(peer)
         if old is None or report.iterations >= old.iterations:
-            self._peers[peer] = report
+            self._peers[peer] = Report(tuple(report.shapley), report.iterations)
+            if isinstance(report, ShapleyReport):
+                self._signed[peer] = report
+            else:
+                self._signed.pop(peer, None)
 
     @property
     def peer_reports(self) -> Mapping[str, Report]:
         return dict(self._peers)
+
+    def signed_reports(self) -> list[ShapleyReport]:
+        """The peers' latest signed reports, by miner account (what a block carries)."""
+        return [self._signed[k] for k in sorted(self._signed)]
 
     def network_average(self) -> np.ndarray | None:
         reports = [self.report(), *self._peers.values()]

@@ -7,20 +7,31 @@
 ``check_links``        ``bad-parent``, ``bad-height``
 ``check_task``         ``missing-task``, ``task-mismatch``, ``bad-task-signature``,
                        ``bad-shapley-length``, ``bad-iterations``
-``check_seal``         ``bad-merkle-root``, ``bad-signature`` (the winner's, on the header)
+``check_admission``    ``unknown-server`` (the task's), ``unknown-miner`` (the winner)
+``check_seal``         ``bad-merkle-root``, ``bad-work-root``, ``bad-signature`` (the
+                       winner's, on the header)
 ``check_difficulty``   ``bad-difficulty``
 ``check_time``         ``time-before-task``, ``time-too-old``, ``time-too-new``
+``check_work``         ``bad-work-root`` (leaf count), ``bad-work-mean``
+``check_reports``      ``bad-report``, ``too-few-reports``, ``bad-average``
 ``check_posap``        ``shapley-far-from-average`` (condition 1),
                        ``shapley-far-from-local`` (condition 2, with the verifier's S̄)
 ``check_settlement``   ``task-already-settled``, ``bad-rewards``, ``bad-transaction``,
                        ``unfunded-task``
 =====================  =================================================================
 
-Condition 3 (the block beats the head) and ``orphan-block`` belong to fork
-choice (:class:`fedcoin.ledger.chain.Chain`), which also runs
-:func:`check_mutation` on a block whose hash it already knows but whose bytes
-differ (a mutated copy). Every rule only reads; the state
-after the block is returned by :func:`check_settlement`.
+Under ``ChainParams.consensus == "paper"`` (Algorithm 2 as published, kept to
+show its holes) ``check_admission``, ``check_work`` and ``check_reports`` are
+skipped: any key may sign tasks and blocks, ``iterations`` is a claim and S̄ is
+whatever the header says.
+
+Recomputing sampled leaves of the work log needs the task's content, so it is
+not a rule here: :class:`fedcoin.consensus.proofs.WorkVerifier` does it, and
+:class:`fedcoin.ledger.chain.Chain` runs it after these rules. Condition 3 (the
+block beats the head) and ``orphan-block`` belong to fork choice, which also
+runs :func:`check_mutation` on a block whose hash it already knows but whose
+bytes differ (a mutated copy). Every rule only reads; the state after the
+block is returned by :func:`check_settlement`.
 """
 
 from __future__ import annotations
@@ -28,18 +39,21 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from fedcoin.chain.blocks import Block, body_merkle_root
+import numpy as np
+
+from fedcoin.chain.blocks import Block, body_merkle_root, reports_merkle_root
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import verify_signature
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import USER_KINDS
+from fedcoin.chain.work import empty_root, work_mean
 from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Reason
 
 from .difficulty import next_difficulty
 from .payments import settlement_transactions
-from .posap import p_distance
+from .posap import Report, average_reports, p_distance
 
 
 def check_links(block: Block, parent: Block) -> None:
@@ -79,9 +93,31 @@ def _committed_task(block: Block) -> ShapleyTask | None:
     return task
 
 
+def check_admission(block: Block, task: ShapleyTask, params: ChainParams) -> None:
+    """Only admitted FL servers publish tasks and only admitted miners win blocks."""
+    if not params.verified:
+        return
+    if task.server not in params.servers:
+        raise InvalidBlock(Reason.UNKNOWN_SERVER, f"task signed by {task.server[:16]}..., not an admitted server")
+    if block.header.winner not in params.miners:
+        raise InvalidBlock(Reason.UNKNOWN_MINER, f"winner {block.header.winner[:16]}... is not an admitted miner")
+
+
 def _check_merkle_root(block: Block) -> None:
     if body_merkle_root(block.body.transactions) != block.header.merkle_root:
         raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "merkle root does not match the body's transactions")
+    if reports_merkle_root(block.body.reports) != block.header.reports_root:
+        raise InvalidBlock(Reason.BAD_MERKLE_ROOT, "reports_root does not match the body's reports")
+
+
+def _check_work_root(block: Block) -> None:
+    work = block.body.work
+    try:
+        root = empty_root() if work is None else work.root()
+    except InvalidInput as exc:
+        raise InvalidBlock(Reason.BAD_WORK_ROOT, str(exc)) from exc
+    if root != block.header.work_root:
+        raise InvalidBlock(Reason.BAD_WORK_ROOT, "work_root does not match the body's work log")
 
 
 def _check_winner_signature(block: Block) -> None:
@@ -102,9 +138,75 @@ def check_mutation(block: Block) -> None:
 
 
 def check_seal(block: Block) -> None:
-    """The header commits to the body and is signed by its winner."""
+    """The header commits to the body (transactions, reports, work log) and is signed by its winner."""
     _check_merkle_root(block)
+    _check_work_root(block)
     _check_winner_signature(block)
+
+
+def check_work(block: Block, task: ShapleyTask, params: ChainParams) -> np.ndarray | None:
+    """The work log holds ``iterations`` leaves of one value per client, S_winner is their exact mean,
+    and every leaf sums to the same v(N) − v(∅) (efficiency, within ``work_tolerance``).
+    Returns the leaves (None under ``paper``)."""
+    if not params.verified:
+        return None
+    h, work = block.header, block.body.work
+    if work is None or work.n_players != task.n_players:
+        raise InvalidBlock(Reason.BAD_WORK_ROOT, "the body holds no work log with one value per client")
+    try:
+        leaves = work.leaves()
+    except InvalidInput as exc:
+        raise InvalidBlock(Reason.BAD_WORK_ROOT, str(exc)) from exc
+    if leaves.shape[0] != h.iterations:
+        raise InvalidBlock(
+            Reason.BAD_WORK_ROOT, f"the work log holds {leaves.shape[0]} leaves, the header claims {h.iterations}"
+        )
+    if work_mean(leaves) != list(h.s_winner):
+        raise InvalidBlock(Reason.BAD_WORK_MEAN, "S_winner is not the exact mean of the work log's leaves")
+    sums = leaves.sum(axis=1)
+    spread = float(sums.max() - sums.min())
+    if spread > params.work_tolerance:
+        raise InvalidBlock(
+            Reason.BAD_WORK_MEAN,
+            f"leaves sum to values {spread:.3g} apart; every permutation's marginals sum to v(N) − v(∅)",
+        )
+    return leaves
+
+
+def check_reports(block: Block, task: ShapleyTask, parent: Block, params: ChainParams) -> None:
+    """S̄ is the iteration-weighted mean of the winner's S and the carried reports: signed reports of
+    other admitted miners, one each, on this task and parent, no later than the block, each claiming
+    at most ``max_report_rate`` iterations per second since the task and the parent both existed."""
+    if not params.verified:
+        return
+    h = block.header
+    start = max(task.published_at, parent.header.timestamp)
+    seen: set[str] = set()
+    for r in block.body.reports:
+        problem = None
+        if r.miner not in params.miners or r.miner == h.winner or r.miner in seen:
+            problem = "not from another admitted miner, or a second report of one miner"
+        elif r.task_id != h.task_id or r.prev_hash != h.prev_hash or len(r.shapley) != task.n_players:
+            problem = "not a report on this block's task and parent"
+        elif not start <= r.timestamp <= h.timestamp:
+            problem = "dated before its task and parent existed, or after the block"
+        elif r.iterations > params.max_report_rate * (r.timestamp - start + 1000) / 1000:
+            problem = f"claims {r.iterations} iterations, more than {params.max_report_rate:g}/s allows"
+        else:
+            try:
+                r.verify_signature()
+            except InvalidSignature as exc:
+                problem = f"bad signature: {exc}"
+        if problem is not None:
+            raise InvalidBlock(Reason.BAD_REPORT, f"report of {r.miner[:16]}...: {problem}")
+        seen.add(r.miner)
+    if len(seen) < params.min_reports:
+        raise InvalidBlock(
+            Reason.TOO_FEW_REPORTS, f"{len(seen)} report(s) of other miners, the chain requires {params.min_reports}"
+        )
+    expected = average_reports([Report(tuple(h.s_winner), h.iterations), *block.body.reports])
+    if expected.tolist() != list(h.s_avg):
+        raise InvalidBlock(Reason.BAD_AVERAGE, "S̄ is not the weighted mean of S_winner and the carried reports")
 
 
 def check_difficulty(block: Block, ancestors: Sequence[Block], params: ChainParams) -> None:
@@ -161,7 +263,7 @@ def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) 
     """Algorithm 3: the body ends with exactly the payout and rewards, every transaction applies
     and the deposits that fund the task are confirmed; returns the state after the block."""
     h = block.header
-    if task.task_id in parent_state.settled:
+    if task.settlement_key in parent_state.settled:
         raise InvalidBlock(Reason.TASK_ALREADY_SETTLED, f"task {task.task_id} was settled earlier on this chain")
     expected = settlement_transactions(task, h.winner, h.s_avg)
     txs = block.body.transactions
@@ -210,8 +312,11 @@ def verify_block(
     """
     check_links(block, ancestors[-1])
     task = check_task(block)
+    check_admission(block, task, params)
     check_seal(block)
     check_difficulty(block, ancestors, params)
     check_time(block, task, ancestors, params, now)
+    check_work(block, task, params)
+    check_reports(block, task, ancestors[-1], params)
     check_posap(block, params, local_avg)
     return check_settlement(block, task, parent_state)

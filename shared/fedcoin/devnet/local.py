@@ -66,6 +66,7 @@ def plan_network(
         initial_difficulty=initial_difficulty,
         target_block_ms=target_block_ms,
         retarget_window=retarget_window,
+        miners=miners,
     )
     miner_urls = [f"http://127.0.0.1:{base_port + 101 + i}" for i in range(miners)]
     common = {
@@ -78,11 +79,21 @@ def plan_network(
     if dataset_dir:
         common["FEDCOIN_DATASET_DIR"] = str(dataset_dir)
     specs = [
-        NodeSpec(f"miner{i + 1}", "miner", base_port + 101 + i, {"FEDCOIN_PEERS": ",".join(miner_urls)})
+        NodeSpec(
+            f"miner{i + 1}",
+            "miner",
+            base_port + 101 + i,
+            {"FEDCOIN_PEERS": ",".join(miner_urls), "FEDCOIN_KEY": net["miner_keys"][i]},
+        )
         for i in range(miners)
     ]
     specs.append(
-        NodeSpec("server", "server", base_port + 1, {"FEDCOIN_MIN_CLIENTS": str(len(parse_types(client_types)))})
+        NodeSpec(
+            "server",
+            "server",
+            base_port + 1,
+            {"FEDCOIN_MIN_CLIENTS": str(len(parse_types(client_types))), "FEDCOIN_KEY": net["server_key"]},
+        )
     )
     specs.append(NodeSpec("client", "client", base_port + 2, {"FEDCOIN_CLIENT_TYPES": client_types}))
     specs.append(

@@ -14,14 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedcoin.chain.blocks import Block
+from fedcoin.chain.clock import now_ms
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import Transaction, make_transaction
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.payments import split_budget
 from fedcoin.consensus.posap import MarginalFn, PoSapMiner
+from fedcoin.consensus.proofs import WorkVerifier
 from fedcoin.errors import InvalidInput
 from fedcoin.ledger.chain import Chain
 
@@ -57,6 +60,9 @@ def race(
     if any(c.head != head for c in chains):
         raise InvalidInput("all miners must start from the same head")
     difficulty = chains[0].next_difficulty()
+    for chain, fn in zip(chains, fns, strict=True):  # each miner recomputes sampled leaves with its own engine
+        if chain.verifier is None:
+            chain.verifier = WorkVerifier(lambda _task, fn=fn: fn)
     states = [
         PoSapMiner(
             miner=m.account,
@@ -73,21 +79,27 @@ def race(
     while True:
         rounds += 1
         reports = [s.step(gossip_every) for s in states]
+        ts = now_ms() if timestamp is None else timestamp
+        signed = [
+            make_report(
+                m, task_id=task.task_id, prev_hash=head, shapley=list(r.shapley), iterations=r.iterations, timestamp=ts
+            )
+            for m, r in zip(miners, reports, strict=True)
+        ]
         for i, s in enumerate(states):
-            for j, r in enumerate(reports):
+            for j, r in enumerate(signed):
                 if i != j:
                     s.receive(miners[j].account, r)
         for i, s in enumerate(states):
-            if s.is_winner() and (avg := s.network_average()) is not None:
+            if s.is_winner():
                 block = build_block(
                     chains[i],
                     task=task,
                     winner=miners[i],
-                    s_winner=list(s.shapley),
-                    s_avg=list(avg),
-                    iterations=s.iterations,
+                    leaves=s.leaves(),
+                    reports=s.signed_reports(),
                     transactions=transactions,
-                    timestamp=timestamp,
+                    timestamp=ts,
                 )
                 for k, chain in enumerate(chains):
                     local = states[k].network_average() if k != i else None
@@ -104,7 +116,12 @@ def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, pu
     miners = [Identity.from_seed(bytes([0x80 + i]) * 32) for i in range(n_miners)]
     clients = [Identity.from_seed(bytes([0x20 + i]) * 32) for i in range(n_clients)]
     genesis = GenesisConfig(
-        params=ChainParams(initial_difficulty=difficulty, min_difficulty=min(1e-9, difficulty)),
+        params=ChainParams(
+            initial_difficulty=difficulty,
+            min_difficulty=min(1e-9, difficulty),
+            servers=[server.account],
+            miners=[m.account for m in miners],
+        ),
         allocations={requester.account: budget},
     )
     chains = [Chain(genesis) for _ in miners]

@@ -1,4 +1,12 @@
-"""A new network's shared files: the requester's key (funded at genesis) and ``genesis.json``."""
+"""A new network's shared files: ``genesis.json`` and the keys it names.
+
+The genesis funds the requester and admits the FL server and the miners
+(``ChainParams.servers`` / ``miners``): only they may publish Shapley tasks and
+win blocks. ``requester.key``, ``server.key`` and ``miner1.key`` ...
+``minerN.key`` are written next to it, for the services to load
+(``FEDCOIN_KEY``). On a real deployment each operator creates its own key
+(``fedcoin keygen``) and sends only the account to whoever writes the genesis.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ DEFAULT_REQUESTER_FUNDS = 10**12
 DEFAULT_DIFFICULTY = 5e-2
 DEFAULT_TARGET_BLOCK_MS = 30_000
 DEFAULT_RETARGET_WINDOW = 10
+DEFAULT_MINERS = 4
 
 
 def init_testnet(
@@ -24,17 +33,25 @@ def init_testnet(
     chain_id: str = "fedcoin-testnet",
     target_block_ms: int = DEFAULT_TARGET_BLOCK_MS,
     retarget_window: int = DEFAULT_RETARGET_WINDOW,
+    miners: int = DEFAULT_MINERS,
 ) -> dict[str, Any]:
-    """Create (or reuse) ``requester.key`` and ``genesis.json`` in ``directory``; idempotent."""
+    """Create (or reuse) the keys and ``genesis.json`` in ``directory``; idempotent."""
+    if not 1 <= miners <= 1024:
+        raise InvalidInput("between 1 and 1024 miners")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     key = d / "requester.key"
     genesis_path = d / "genesis.json"
     requester = Identity.load_or_create(key)
+    server = Identity.load_or_create(d / "server.key")
+    miner_ids = [Identity.load_or_create(d / f"miner{i + 1}.key") for i in range(miners)]
     if genesis_path.exists():
         genesis = GenesisConfig.load(genesis_path)
         if requester.account not in genesis.allocations:
             raise InvalidInput(f"{genesis_path} does not fund {key}")
+        admitted = set(genesis.params.miners)
+        if server.account not in genesis.params.servers or any(m.account not in admitted for m in miner_ids):
+            raise InvalidInput(f"{genesis_path} does not admit the server and miner keys in {d}")
     else:
         genesis = GenesisConfig(
             params=ChainParams(
@@ -42,6 +59,8 @@ def init_testnet(
                 initial_difficulty=initial_difficulty,
                 target_block_ms=target_block_ms,
                 retarget_window=retarget_window,
+                servers=[server.account],
+                miners=[m.account for m in miner_ids],
             ),
             allocations={requester.account: funds},
             timestamp=int(time.time() * 1000),
@@ -51,5 +70,7 @@ def init_testnet(
         "genesis": str(genesis_path),
         "requester_key": str(key),
         "requester": requester.account,
+        "server_key": str(d / "server.key"),
+        "miner_keys": [str(d / f"miner{i + 1}.key") for i in range(miners)],
         "genesis_hash": genesis.block().hash,
     }

@@ -1,10 +1,21 @@
 """A node's view of the chain: every valid block it knows, fork choice, the head and reorgs.
 
-Fork choice: the head is the tip of greatest height; at equal height the tip
-with the smaller block hash wins (a deterministic tie-break, so all nodes that
-know the same blocks pick the same head). A block is accepted only if it beats
-the head (Algorithm 2's condition 3, "Blk.ID ≥ longest chain length",
-``stale-block`` otherwise; ``orphan-block`` when its parent is unknown);
+Fork choice by verified work: a branch's work is the sum of its blocks'
+``iterations`` (each one a leaf of a work log the chain checked; under
+``consensus = "paper"`` every block counts 1, so work is height, as in
+Algorithm 2's condition 3). The head is the tip of greatest work; a block or
+branch is accepted only if its work is strictly greater than the head's
+(``stale-block`` otherwise; ``orphan-block`` when its parent is unknown), so
+at equal work the branch seen first stays: a tie-break its producer cannot
+grind (a hash order can be ground by re-signing), kept across restarts since
+the stored head is the one seen first.
+
+Every block is checked by :func:`fedcoin.consensus.rules.verify_block` and then,
+with a :class:`~fedcoin.consensus.proofs.WorkVerifier`, by recomputing sampled
+leaves of its work log. A fraud proof (:meth:`Chain.apply_fraud_proof`)
+condemns a block for good (persisted): it and its descendants leave the index
+and the store, the head moves to the best remaining tip, and the block and
+anything built on it are refused with ``fraudulent-block`` from then on.
 catching up on a longer fork goes through :meth:`Chain.add_chain`, which
 validates a whole branch and switches to it atomically if its tip beats the
 head. A switch re-derives the balances by replaying the new branch
@@ -23,7 +34,9 @@ from pathlib import Path
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
+from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.consensus.difficulty import next_difficulty
+from fedcoin.consensus.proofs import FraudProof, WorkVerifier
 from fedcoin.consensus.rules import check_mutation, verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason, StaleBlock, StoreError
 
@@ -51,23 +64,29 @@ class Chain:
     before the call returns, and a reopened chain resumes where it was.
     """
 
-    def __init__(self, genesis: GenesisConfig, store: BlockStore | None = None) -> None:
+    def __init__(
+        self, genesis: GenesisConfig, store: BlockStore | None = None, *, verifier: WorkVerifier | None = None
+    ) -> None:
         if not isinstance(genesis, GenesisConfig):
             raise InvalidInput("Chain needs a GenesisConfig")
+        self.verifier = verifier
         self.genesis_config = genesis
         self.params = genesis.params
         g = genesis.block()
         self.genesis = g
         self._index = BlockIndex(g, window=max(self.params.retarget_window, self.params.median_time_window))
         self._main: list[str] = [g.hash]
+        self._work: dict[str, int] = {g.hash: 0}  # cumulative work of the branch ending at each block
+        self._invalid: dict[str, str] = {}
         self._store = store
         head_state = apply_block(ChainState(), g, check_signatures=False)
         self.supply = head_state.total
         if store is not None:
             store.init_genesis(g)
+            self._invalid = store.invalid()
             blocks, head = store.load()
             for b in blocks:
-                self._index.add(b)
+                self._index_block(b)
             if head is not None and head != g.hash:
                 if head not in self._index:
                     raise StoreError(f"stored head {head[:16]} is not among the stored blocks")
@@ -80,8 +99,16 @@ class Chain:
         self._index.remember(self.head, head_state)
 
     @classmethod
-    def open(cls, path: str | Path, genesis: GenesisConfig) -> Chain:
-        return cls(genesis, BlockStore(path))
+    def open(cls, path: str | Path, genesis: GenesisConfig, *, verifier: WorkVerifier | None = None) -> Chain:
+        return cls(genesis, BlockStore(path), verifier=verifier)
+
+    def _index_block(self, block: Block) -> None:
+        self._index.add(block)
+        self._work[block.hash] = self._work[block.header.prev_hash] + self.block_work(block)
+
+    def block_work(self, block: Block) -> int:
+        """What a block adds to its branch's work: its verified iterations (1 under ``paper``)."""
+        return block.header.iterations if self.params.verified else 1
 
     def close(self) -> None:
         if self._store is not None:
@@ -105,6 +132,14 @@ class Chain:
         return len(self._main) - 1
 
     @property
+    def work(self) -> int:
+        """The head branch's work (sum of verified iterations)."""
+        return self._work[self.head]
+
+    def work_at(self, block_hash: str) -> int | None:
+        return self._work.get(block_hash)
+
+    @property
     def head_state(self) -> ChainState:
         return self._head_state.copy()
 
@@ -117,8 +152,8 @@ class Chain:
     def balances(self) -> dict[str, int]:
         return dict(self._head_state.balances)
 
-    def is_settled(self, task_id: str) -> bool:
-        return task_id in self._head_state.settled
+    def is_settled(self, task: ShapleyTask) -> bool:
+        return task.settlement_key in self._head_state.settled
 
     def block_at(self, height: int) -> Block:
         if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= self.height:
@@ -152,14 +187,26 @@ class Chain:
             check_mutation(block)
         return True
 
-    def _beats_head(self, height: int, block_hash: str) -> bool:
-        return height > self.height or (height == self.height and block_hash < self.head)
+    def _beats_head(self, work: int) -> bool:
+        return work > self.work
+
+    def _check_condemned(self, block: Block) -> None:
+        for h in (block.hash, block.header.prev_hash):
+            if h in self._invalid:
+                raise InvalidBlock(
+                    Reason.FRAUDULENT_BLOCK, f"block {h[:16]}... was condemned by a fraud proof: {self._invalid[h]}"
+                )
+
+    def _verify_work(self, block: Block) -> None:
+        if self.verifier is not None:
+            self.verifier.verify(block, self.params)
 
     # --- VerifyBlock and fork choice ----------------------------------------
     def verify(self, block: Block, *, local_avg: Sequence[float] | None = None, now: int | None = None) -> ChainState:
         """Full VerifyBlock including condition 3; returns the state after ``block``. Changes nothing."""
         if not isinstance(block, Block):
             raise InvalidInput("verify needs a Block")
+        self._check_condemned(block)
         parent = self._index.get(block.header.prev_hash)
         if parent is None:
             raise OrphanBlock(
@@ -173,8 +220,13 @@ class Chain:
             local_avg=local_avg,
             now=now,
         )
-        if not self._beats_head(block.header.height, block.hash):
-            raise StaleBlock(f"block at height {block.header.height} does not beat the head at height {self.height}")
+        work = self._work[parent.hash] + self.block_work(block)
+        if not self._beats_head(work):
+            raise StaleBlock(
+                f"block at height {block.header.height} brings its branch to work {work}, "
+                f"the head's is {self.work} (height {self.height})"
+            )
+        self._verify_work(block)
         return state
 
     def add_block(self, block: Block, *, local_avg: Sequence[float] | None = None, now: int | None = None) -> AddResult:
@@ -200,21 +252,22 @@ class Chain:
             raise OrphanBlock(
                 f"parent {new[0].header.prev_hash[:16]}... of block at height {new[0].header.height} is unknown"
             )
+        work = self._work[parent.hash] + sum(self.block_work(b) for b in new)
+        if not self._beats_head(work):
+            raise StaleBlock(f"branch tip at height {new[-1].header.height} has work {work}, the head's is {self.work}")
         overlay = self._index.overlay()
         state = self._index.state_at(parent.hash)
         prev = parent
         for b in new:
+            self._check_condemned(b)
             if b.header.prev_hash != prev.hash:
                 raise InvalidBlock(
                     Reason.BAD_PARENT, f"block at height {b.header.height} does not link to the block before it"
                 )
             state = verify_block(b, overlay.tail(prev.hash), state, self.params, now=now)
+            self._verify_work(b)
             overlay.add(b)
             prev = b
-        if not self._beats_head(prev.header.height, prev.hash):
-            raise StaleBlock(
-                f"branch tip at height {prev.header.height} does not beat the head at height {self.height}"
-            )
         return self._commit(new, prev.hash, state)
 
     def _commit(self, new_blocks: list[Block], tip: str, tip_state: ChainState) -> AddResult:
@@ -222,14 +275,57 @@ class Chain:
             self._store.save(new_blocks, tip)  # one SQLite transaction; raises before any in-memory change
         old_main = self._main
         for b in new_blocks:
-            self._index.add(b)
+            self._index_block(b)
+        return self._switch(old_main, tip, tip_state)
+
+    def _switch(
+        self, old_main: list[str], tip: str, tip_state: ChainState, removed: dict[str, Block] | None = None
+    ) -> AddResult:
         new_main = self._index.branch(tip)
         fork = 0
         while fork < min(len(old_main), len(new_main)) and old_main[fork] == new_main[fork]:
             fork += 1
         depth = len(old_main) - fork
-        abandoned = tuple(self._index[h] for h in old_main[fork:])
+        lookup = removed or {}
+        abandoned = tuple(lookup[h] if h in lookup else self._index[h] for h in old_main[fork:])
         self._main = new_main
         self._head_state = tip_state
         self._index.remember(tip, tip_state)
         return AddResult("reorg" if depth > 0 else "extended", tip, self.height, depth, abandoned)
+
+    # --- fraud proofs -------------------------------------------------------------------
+    def is_condemned(self, block_hash: str) -> bool:
+        return block_hash in self._invalid
+
+    def apply_fraud_proof(self, proof: FraudProof) -> AddResult:
+        """Check ``proof`` (one leaf recomputed) and condemn its block: it and its descendants leave
+        the index and the store, and the head moves to the best remaining tip (greatest work, first
+        seen on a tie). Raises InvalidInput for a proof that does not hold; changes nothing then."""
+        if not isinstance(proof, FraudProof):
+            raise InvalidInput("apply_fraud_proof needs a FraudProof")
+        if self.verifier is None:
+            raise InvalidInput("this chain has no work verifier to check fraud proofs with")
+        bad = proof.block_hash
+        if bad in self._invalid:
+            return AddResult("known", self.head, self.height)
+        self.verifier.check_proof(proof, self.params)
+        why = f"leaf {proof.index} of the work log is not the marginal vector of its permutation"
+        doomed = self._index.descendants(bad)
+        head = self.head
+        if head in doomed:
+            survivors = self._index.overlay()
+            for h in doomed:
+                survivors.remove(h)
+            order = {h: i for i, h in enumerate(survivors.hashes())}
+            head = max(survivors.tips(), key=lambda h: (self._work[h], -order[h]))
+        if self._store is not None:
+            self._store.save([], head, condemn=bad, drop=doomed, why=why)
+        self._invalid[bad] = why
+        old_main = self._main
+        removed = {h: self._index[h] for h in doomed}
+        for h in doomed:
+            self._index.remove(h)
+            self._work.pop(h, None)
+        if head == self.head:
+            return AddResult("known", self.head, self.height)
+        return self._switch(old_main, head, self._index.state_at(head), removed)

@@ -34,6 +34,32 @@ class BlockIndex:
     def add(self, block: Block) -> None:
         self._blocks[block.hash] = block
 
+    def remove(self, block_hash: str) -> None:
+        self._blocks.pop(block_hash, None)
+        self._states.pop(block_hash, None)
+
+    def hashes(self) -> list[str]:
+        """Every known block, in the order it was added."""
+        return list(self._blocks)
+
+    def descendants(self, block_hash: str) -> list[str]:
+        """``block_hash`` and every known block built on it, parents first."""
+        children: dict[str, list[str]] = {}
+        for h, b in self._blocks.items():
+            if b.header.height > 0:
+                children.setdefault(b.header.prev_hash, []).append(h)
+        out, todo = [], [block_hash] if block_hash in self._blocks else []
+        while todo:
+            h = todo.pop(0)
+            out.append(h)
+            todo.extend(children.get(h, []))
+        return out
+
+    def tips(self) -> list[str]:
+        """Blocks no known block builds on, in the order they were added."""
+        parents = {b.header.prev_hash for b in self._blocks.values() if b.header.height > 0}
+        return [h for h in self._blocks if h not in parents]
+
     def overlay(self) -> BlockIndex:
         """A copy to validate a branch in: adding blocks to it leaves this index unchanged."""
         other = BlockIndex.__new__(BlockIndex)

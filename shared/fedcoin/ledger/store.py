@@ -4,6 +4,7 @@ Schema::
 
     meta(key TEXT PRIMARY KEY, value TEXT)       -- 'genesis' (hash), 'head' (hash)
     blocks(hash TEXT PRIMARY KEY, height INTEGER, prev_hash TEXT, data TEXT)
+    invalid(hash TEXT PRIMARY KEY, reason TEXT)  -- blocks a fraud proof condemned
 
 ``data`` is the block's JSON as :meth:`fedcoin.chain.blocks.Block.to_json` writes
 it. Blocks are inserted after their parents, so reading them in ``rowid``
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS blocks_height ON blocks(height);
+CREATE TABLE IF NOT EXISTS invalid (hash TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 
 
@@ -104,8 +106,15 @@ class BlockStore:
             blocks.append(block)
         return blocks, self.head
 
-    def save(self, blocks: Sequence[Block], head: str) -> None:
-        """Insert ``blocks`` and set the head, atomically."""
+    def invalid(self) -> dict[str, str]:
+        """Block hashes condemned by fraud proofs, with why."""
+        return dict(self._conn.execute("SELECT hash, reason FROM invalid").fetchall())
+
+    def save(
+        self, blocks: Sequence[Block], head: str, *, condemn: str | None = None, drop: Sequence[str] = (), why: str = ""
+    ) -> None:
+        """Insert ``blocks`` and set the head, atomically; ``condemn`` records a block as invalid
+        and ``drop`` deletes blocks (a condemned block and its descendants) in the same transaction."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -113,6 +122,9 @@ class BlockStore:
                     "INSERT OR IGNORE INTO blocks (hash, height, prev_hash, data) VALUES (?, ?, ?, ?)",
                     [(b.hash, b.header.height, b.header.prev_hash, b.to_json()) for b in blocks],
                 )
+                if condemn is not None:
+                    self._conn.execute("INSERT OR REPLACE INTO invalid VALUES (?, ?)", (condemn, why))
+                self._conn.executemany("DELETE FROM blocks WHERE hash = ?", [(h,) for h in drop])
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (head,))
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -17,8 +17,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from fedcoin.chain.blocks import Block
+from fedcoin.chain.reports import ShapleyReport
+from fedcoin.consensus.proofs import FraudProof
 
-from .messages import SignedMessage
 from .peers import Transport
 
 log = logging.getLogger("fedcoin.gossip")
@@ -66,10 +67,13 @@ class Gossip:
     def send_block(self, block: Block) -> None:
         self._submit(self.broadcast("/blocks", block.to_dict()))
 
-    def send_report(self, message: SignedMessage) -> None:
+    def send_report(self, report: ShapleyReport) -> None:
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._queue_report, message.model_dump())
+            loop.call_soon_threadsafe(self._queue_report, report.to_dict())
+
+    def send_proof(self, proof: FraudProof) -> None:
+        self._submit(self.broadcast("/fraud-proofs", proof.to_dict()))
 
     # --- on the event loop ----------------------------------------------------------
     def _queue_report(self, body: dict[str, Any]) -> None:

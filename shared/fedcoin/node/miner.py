@@ -15,6 +15,15 @@ derived from the head's hash, so when the head moves (another task settled)
 the work restarts on the new head. Reports of other miners are matched by
 (task id, head hash); reports that arrive before this node starts the same
 work are kept (at most ``MAX_EARLY_REPORTS`` buckets) and applied when it does.
+
+A report is checked at the door (:meth:`MinerNode.receive_report`): signed by
+an admitted miner other than this one, fresh, and claiming no more iterations
+than the chain's rate cap allows since its task and head existed; the block
+that wins carries these signed reports. Every block is verified with this
+node's :class:`~fedcoin.consensus.proofs.WorkVerifier` (sampled leaves
+recomputed on the task's engine); a block with a bad leaf is rejected and its
+fraud proof kept and handed to ``broadcast_proof``; a peer's proof is checked
+and applied by :meth:`MinerNode.receive_fraud_proof`.
 """
 
 from __future__ import annotations
@@ -25,24 +34,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedcoin.chain.blocks import Block
+from fedcoin.chain.clock import now_ms
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
-from fedcoin.consensus.posap import Report
-from fedcoin.errors import FedcoinError, InvalidInput
+from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
+from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
 from fedcoin.ledger.chain import AddResult, Chain
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
 
 from .blobs import BlobStore
 from .docstore import DocStore
-from .messages import PoSapReport, SignedMessage
-from .taskbook import MarginalsFactory, TaskBook
+from .taskbook import MarginalFn, MarginalsFactory, TaskBook
 from .worker import PoSapWorker, Work
 
 log = logging.getLogger("fedcoin.miner")
 MAX_EARLY_REPORTS = 64
+REPORT_MAX_SKEW_MS = 10 * 60 * 1000
 
 
 class MinerNode:
@@ -57,8 +68,10 @@ class MinerNode:
         report_interval: float = 0.25,
         min_peers: int = 1,
         engine_cache: int = 2,
-        broadcast_report: Callable[[SignedMessage], None] | None = None,
+        verify_samples: int = 16,
+        broadcast_report: Callable[[ShapleyReport], None] | None = None,
         broadcast_block: Callable[[Block], None] | None = None,
+        broadcast_proof: Callable[[FraudProof], None] | None = None,
     ) -> None:
         self.identity = identity
         self.chain = chain
@@ -73,12 +86,21 @@ class MinerNode:
         self.min_peers = min_peers
         self.broadcast_report = broadcast_report or (lambda m: None)
         self.broadcast_block = broadcast_block or (lambda b: None)
+        self.broadcast_proof = broadcast_proof or (lambda p: None)
         self.lock = threading.RLock()
         self.wake = threading.Condition(self.lock)
         self.work: Work | None = None
-        self._early_reports: dict[tuple[str, str], dict[str, Report]] = {}
-        self.stats = {"blocks_won": 0, "iterations": 0}
+        self._early_reports: dict[tuple[str, str], dict[str, ShapleyReport]] = {}
+        self.stats = {"blocks_won": 0, "iterations": 0, "fraud_proofs": 0}
+        chain.verifier = WorkVerifier(self._task_marginals, samples=verify_samples, identity=identity)
         self.mempool.prune(self.chain.head_state)
+
+    def _task_marginals(self, task: ShapleyTask) -> MarginalFn:
+        """The marginal function of a task this node holds (Unavailable until its content arrived)."""
+        known = self.tasks.get(task.task_id)
+        if known is None or known.task_hash != task.task_hash:
+            raise Unavailable(f"task {task.task_id} is not held here yet; fetch its content first")
+        return self.tasks.marginals(known)
 
     def close(self) -> None:
         with self.lock:
@@ -93,7 +115,7 @@ class MinerNode:
     def wants_task(self, task: ShapleyTask) -> bool:
         """False when ``task`` is known, being delivered, or settled already (no need to fetch its content)."""
         with self.lock:
-            settled = self.chain.is_settled(task.task_id)
+            settled = self.chain.is_settled(task)
         return not settled and not self.tasks.known(task.task_id)
 
     def add_task(self, task: ShapleyTask, content: bytes) -> bool:
@@ -104,7 +126,7 @@ class MinerNode:
         if sha256_hex(content) != task.content_hash:
             raise InvalidInput("content does not match the task's content_hash")
         with self.lock:
-            settled = self.chain.is_settled(task.task_id)
+            settled = self.chain.is_settled(task)
         if settled or not self.tasks.claim(task.task_id):  # claim() is the authoritative "known" check
             return False
         self.tasks.accept(task, content)  # builds the engine (a moment), outside the node's lock
@@ -117,23 +139,50 @@ class MinerNode:
             self.wake.notify_all()
         return True
 
-    def receive_report(self, message: SignedMessage) -> None:
-        report = PoSapReport.open(message)
-        rep = Report(tuple(report.shapley), report.iterations)
+    def receive_report(self, report: ShapleyReport, *, now: int | None = None) -> None:
+        """A peer's signed PoSap report: checked here (InvalidInput/InvalidSignature), then kept for the
+        work on its (task, head), or until this node starts that work."""
+        if not isinstance(report, ShapleyReport):
+            raise InvalidInput("receive_report needs a ShapleyReport")
+        params = self.chain.params
+        if report.miner == self.identity.account:
+            raise InvalidInput("a report signed with this node's own key")
+        if params.verified and report.miner not in params.miners:
+            raise InvalidInput(f"report of {report.miner[:16]}..., not an admitted miner")
+        current = now_ms() if now is None else now
+        if abs(current - report.timestamp) > REPORT_MAX_SKEW_MS:
+            raise InvalidInput(f"report timestamp is {abs(current - report.timestamp)} ms from this node's clock")
+        report.verify_signature()
         with self.lock:
+            parent = self.chain.get(report.prev_hash)
+            task = self.tasks.get(report.task_id)
+            if parent is not None and task is not None:
+                start = max(task.published_at, parent.header.timestamp)
+                if report.iterations > params.max_report_rate * (report.timestamp - start + 1000) / 1000:
+                    raise InvalidInput(
+                        f"report claims {report.iterations} iterations, more than {params.max_report_rate:g}/s allows"
+                    )
+                if len(report.shapley) != task.n_players:
+                    raise InvalidInput(f"report has {len(report.shapley)} values, the task {task.n_players} clients")
             w = self.work
             if w is not None and w.task.task_id == report.task_id and w.head == report.prev_hash:
-                w.posap.receive(message.sender, rep)
+                w.posap.receive(report.miner, report)
                 return
             bucket = self._early_reports.setdefault((report.task_id, report.prev_hash), {})
-            old = bucket.get(message.sender)
-            if old is None or rep.iterations >= old.iterations:
-                bucket[message.sender] = rep
+            old = bucket.get(report.miner)
+            if old is None or report.iterations >= old.iterations:
+                bucket[report.miner] = report
             while len(self._early_reports) > MAX_EARLY_REPORTS:
                 self._early_reports.pop(next(iter(self._early_reports)))
 
     def receive_block(self, block: Block) -> AddResult:
-        """VerifyBlock (with this node's local S̄ when it works on the same task) and append."""
+        """VerifyBlock (with this node's local S̄ when it works on the same task) and append.
+
+        The sampled leaves are recomputed before the node's lock is taken (the verifier remembers
+        the blocks it passed); a bad leaf raises :class:`~fedcoin.consensus.proofs.BadLeaf` after
+        its proof is kept and broadcast."""
+        if isinstance(block, Block) and block.body.task is not None and block.hash not in self.chain:
+            self._precheck_work(block)
         with self.lock:
             local = None
             w = self.work
@@ -151,9 +200,55 @@ class MinerNode:
                 self.after_head_change(result.abandoned)
             return result
 
+    def _precheck_work(self, block: Block) -> None:
+        verifier = self.chain.verifier
+        if verifier is None or not self.chain.params.verified or block.body.work is None:
+            return
+        try:
+            verifier.verify(block, self.chain.params)
+        except BadLeaf as exc:
+            self._proof_found(exc.proof)
+            raise
+        except InvalidInput:
+            return  # a malformed log: VerifyBlock rejects it with its reason under the lock
+
+    def _proof_found(self, proof: FraudProof) -> None:
+        log.warning("fraud proof: block %s logs a bad leaf %d", proof.block_hash[:12], proof.index)
+        with self.lock:
+            self.stats["fraud_proofs"] += 1
+            try:
+                self.chain.apply_fraud_proof(proof)
+            except FedcoinError as exc:
+                log.error("own fraud proof for %s does not hold: %s", proof.block_hash[:12], exc)
+                return
+        try:
+            self.broadcast_proof(proof)
+        except Exception:
+            log.exception("fraud proof broadcast failed")
+
     def add_chain(self, blocks: list[Block]) -> AddResult:
+        for b in blocks:
+            if b.body.task is not None and b.hash not in self.chain:
+                self._precheck_work(b)
         with self.lock:
             result = self.chain.add_chain(blocks)
+            if result.status != "known":
+                self.after_head_change(result.abandoned)
+            return result
+
+    def receive_fraud_proof(self, proof: FraudProof) -> AddResult:
+        """A peer's fraud proof: checked with one recomputation (InvalidInput if it does not hold),
+        then its block and everything built on it are condemned; the head moves if it was among them."""
+        if not isinstance(proof, FraudProof):
+            raise InvalidInput("receive_fraud_proof needs a FraudProof")
+        with self.lock:
+            known = self.chain.is_condemned(proof.block_hash)
+        if known:
+            return AddResult("known", self.chain.head, self.chain.height)
+        self._task_marginals(proof.task)  # Unavailable before this node holds the task
+        with self.lock:
+            result = self.chain.apply_fraud_proof(proof)
+            self.stats["fraud_proofs"] += 1
             if result.status != "known":
                 self.after_head_change(result.abandoned)
             return result
@@ -173,7 +268,7 @@ class MinerNode:
         self.wake.notify_all()
 
     # --- for the worker ------------------------------------------------------------
-    def take_early_reports(self, task_id: str, head: str) -> dict[str, Report]:
+    def take_early_reports(self, task_id: str, head: str) -> dict[str, ShapleyReport]:
         """Reports that arrived for (task, head) before this node started that work (call under the lock)."""
         return self._early_reports.pop((task_id, head), {})
 

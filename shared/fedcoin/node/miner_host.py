@@ -17,13 +17,14 @@ from typing import Any
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
-from fedcoin.errors import InvalidInput, OrphanBlock
+from fedcoin.consensus.proofs import FraudProof
+from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason
 from fedcoin.ledger.chain import Chain
 
 from .gossip import Gossip
-from .messages import SignedMessage
 from .miner import MinerNode
 from .peers import GOSSIP_TIMEOUT, HttpTransport, Transport
 from .queries import MinerQueries
@@ -56,11 +57,15 @@ class MinerHost:
             factory or engine_factory(settings.device),
             batch=settings.batch,
             report_interval=settings.report_interval,
+            verify_samples=settings.verify_samples,
             broadcast_report=self.gossip.send_report,
             broadcast_block=self.gossip.send_block,
+            broadcast_proof=self.gossip.send_proof,
         )
         self.queries = MinerQueries(self.node)
-        self.sync = ChainSync(self.node, self.peers, sync_transport or self._own(HttpTransport()))
+        self.sync = ChainSync(
+            self.node, self.peers, sync_transport or self._own(HttpTransport()), fetch_task=self.fetch_task
+        )
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._syncer: asyncio.Task[None] | None = None
@@ -94,8 +99,24 @@ class MinerHost:
         task.add_done_callback(self._background.discard)
 
     # --- what arrives -----------------------------------------------------------------
+    async def fetch_task(self, task: ShapleyTask) -> None:
+        """Make sure this node holds ``task`` and its content (to verify a block's work on it):
+        an admitted server's signed task, its content fetched from ``content_uri``."""
+        if self.node.tasks.get(task.task_id) is not None:
+            return
+        params = self.node.chain.params
+        if params.verified and task.server not in params.servers:
+            raise InvalidBlock(Reason.UNKNOWN_SERVER, f"task signed by {task.server[:16]}..., not an admitted server")
+        task.verify_signature()
+        if not self.node.wants_task(task):
+            return
+        content = await self.http.get_bytes(task.content_uri)
+        await asyncio.to_thread(self.node.add_task, task, content)
+
     async def deliver_block(self, body: dict[str, Any]) -> dict[str, Any]:
         block = Block.from_dict(body)
+        if block.body.task is not None and block.hash not in self.node.chain:
+            await self.fetch_task(block.body.task)
         try:
             result = await asyncio.to_thread(self.node.receive_block, block)
         except OrphanBlock:
@@ -138,5 +159,15 @@ class MinerHost:
         return {"task_id": task.task_id, "status": "accepted" if added else "known"}
 
     def deliver_report(self, body: dict[str, Any]) -> dict[str, str]:
-        self.node.receive_report(SignedMessage.from_dict(body))
+        self.node.receive_report(ShapleyReport.from_dict(body))
         return {"status": "accepted"}
+
+    async def deliver_fraud_proof(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A peer's fraud proof: checked (one leaf recomputed), applied, and relayed when new."""
+        proof = FraudProof.from_dict(body)
+        await self.fetch_task(proof.task)
+        new = not self.node.chain.is_condemned(proof.block_hash)
+        result = await asyncio.to_thread(self.node.receive_fraud_proof, proof)
+        if new:
+            self._later(self.gossip.broadcast("/fraud-proofs", proof.to_dict()))
+        return {"status": result.status, "condemned": proof.block_hash, "head": result.head, "height": result.height}

@@ -54,6 +54,7 @@ class MinerQueries:
             return {
                 "height": b.height,
                 "hash": b.hash,
+                "work": self.chain.work,
                 "timestamp": b.header.timestamp,
                 "difficulty": b.header.difficulty,
                 "next_difficulty": self.chain.next_difficulty(),
@@ -136,7 +137,7 @@ class MinerQueries:
     def tasks(self) -> list[dict[str, Any]]:
         known = self.node.tasks.all()
         with self.node.lock:
-            return [{"task_id": t.task_id, "settled": self.chain.is_settled(t.task_id)} for t in known]
+            return [{"task_id": t.task_id, "settled": self.chain.is_settled(t)} for t in known]
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """Whether ``task_id`` is settled on the main chain (and by which block), or being mined."""

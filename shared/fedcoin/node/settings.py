@@ -107,6 +107,9 @@ class MinerSettings(NodeSettings):
     batch: int = Field(4, ge=1, le=10_000, description="PoSap iterations between two checks of the win condition")
     report_interval: float = Field(0.25, ge=0, le=3600, description="seconds between two gossiped PoSap reports")
     sync_interval: float = Field(2.0, gt=0, le=3600, description="seconds between two polls of the peers' heads")
+    verify_samples: int = Field(
+        16, ge=0, le=4096, description="leaves of each block's work log this miner recomputes (secretly chosen)"
+    )
 
     _peers = field_validator("peers", mode="before")(_url_list)
 

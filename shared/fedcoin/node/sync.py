@@ -2,19 +2,23 @@
 
 After a restart or a partition a miner has missed blocks; gossip alone never
 brings them back. :class:`ChainSync` asks each peer for its head and, when the
-peer's head beats this node's (greater height, or the same height and a
-smaller hash), walks back from the lower of the two heights to the last block
-this node knows, fetches the rest in pages and hands them to
-:meth:`MinerNode.add_chain <fedcoin.node.miner.MinerNode.add_chain>`, which
-validates the whole branch and switches to it atomically or not at all.
+peer claims more work than this node's head, walks back from the lower of the
+two heights to the last block this node knows, fetches the rest in pages,
+makes sure it holds each block's task (``fetch_task``, to recompute sampled
+leaves) and hands them to :meth:`MinerNode.add_chain
+<fedcoin.node.miner.MinerNode.add_chain>`, which validates the whole branch
+and switches to it atomically or not at all. A peer's claimed work is only a
+hint; the branch's verified work decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from fedcoin.chain.blocks import Block
+from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.errors import FedcoinError
 
 from .miner import MinerNode
@@ -25,10 +29,18 @@ log = logging.getLogger("fedcoin.sync")
 
 
 class ChainSync:
-    def __init__(self, node: MinerNode, peers: list[str], transport: Transport) -> None:
+    def __init__(
+        self,
+        node: MinerNode,
+        peers: list[str],
+        transport: Transport,
+        *,
+        fetch_task: Callable[[ShapleyTask], Awaitable[None]] | None = None,
+    ) -> None:
         self.node = node
         self.peers = list(peers)
         self.transport = transport
+        self.fetch_task = fetch_task
 
     async def sync_once(self) -> None:
         """One pass over the peers."""
@@ -44,13 +56,17 @@ class ChainSync:
         if not head:
             return None
         with self.node.lock:
-            mine_h, mine = self.node.chain.height, self.node.chain.head
-        height, tip = int(head["height"]), str(head["hash"])
-        if not (height > mine_h or (height == mine_h and tip < mine)):
+            mine_h, mine_work = self.node.chain.height, self.node.chain.work
+        height, work = int(head["height"]), int(head["work"])
+        if work <= mine_work:
             return None
         blocks = await self._fetch_branch(peer, min(mine_h, height), height)
         if not blocks:
             return None
+        if self.fetch_task is not None:
+            for b in blocks:
+                if b.body.task is not None and b.hash not in self.node.chain:
+                    await self.fetch_task(b.body.task)
         result = await asyncio.to_thread(self.node.add_chain, blocks)
         log.info("synced from %s: %s to height %d", peer, result.status, result.height)
         return result.status

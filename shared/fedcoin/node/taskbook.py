@@ -85,10 +85,10 @@ class TaskBook:
             doc = self.docs.get(self.COLLECTION, task_id)
         return None if doc is None else ShapleyTask.from_dict(doc["task"])
 
-    def next_unsettled(self, is_settled: Callable[[str], bool]) -> ShapleyTask | None:
+    def next_unsettled(self, is_settled: Callable[[ShapleyTask], bool]) -> ShapleyTask | None:
         """The oldest task not settled on the caller's chain."""
         for task in self.all():
-            if not is_settled(task.task_id):
+            if not is_settled(task):
                 return task
         return None
 
@@ -114,10 +114,11 @@ class TaskBook:
         while len(self._engines) > self.cache_size:
             self._engines.popitem(last=False)
 
-    def evict(self, is_settled: Callable[[str], bool]) -> list[str]:
+    def evict(self, is_settled: Callable[[ShapleyTask], bool]) -> list[str]:
         """Drop the engines of settled tasks; return their ids."""
         with self._lock:
-            gone = [t for t in self._engines if is_settled(t)]
+            docs = {t: self.docs.get(self.COLLECTION, t) for t in self._engines}
+            gone = [t for t, d in docs.items() if d is not None and is_settled(ShapleyTask.from_dict(d["task"]))]
             for t in gone:
                 del self._engines[t]
         return gone

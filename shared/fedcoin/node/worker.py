@@ -3,9 +3,11 @@
 The worker takes the oldest unsettled task of its :class:`~fedcoin.node.miner.MinerNode`,
 runs iterations from the current head (lines 4–12) outside the node's lock,
 broadcasts its report every ``report_interval`` seconds (line 13) and, when its
-S is within D of the network average S̄ (line 17), builds the block (line 18),
-appends it and hands it to ``broadcast_block``. A task whose marginals fail is
-dropped; a broadcast that fails is logged; neither stops the loop.
+S is within D of the network average S̄ (line 17), builds the block (line 18)
+from its work log and the peers' signed reports, appends it and hands it to
+``broadcast_block``. A task whose marginals fail is dropped; a task that cannot
+be settled on the current head (its server cannot pay) is set aside until the
+head moves; a broadcast that fails is logged; none of these stops the loop.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedcoin.chain.blocks import Block
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.consensus.mining import build_block
-from fedcoin.consensus.posap import PoSapMiner, Report
+from fedcoin.consensus.posap import PoSapMiner, Report, p_distance
 from fedcoin.errors import FedcoinError, InvalidBlock
-
-from .messages import PoSapReport
 
 if TYPE_CHECKING:
     from .miner import MinerNode
@@ -45,6 +46,7 @@ class Work:
 class PoSapWorker:
     def __init__(self, node: MinerNode) -> None:
         self.node = node
+        self._unpayable: set[tuple[str, str]] = set()  # (task id, head) whose settlement cannot apply
 
     def run(self, stop: threading.Event) -> None:
         """Mine until ``stop`` is set."""
@@ -80,7 +82,9 @@ class PoSapWorker:
 
     def _start_work(self) -> Work | None:
         node, chain = self.node, self.node.chain
-        task = node.tasks.next_unsettled(chain.is_settled)
+        head = chain.head
+        self._unpayable = {k for k in self._unpayable if k[1] == head}
+        task = node.tasks.next_unsettled(lambda t: chain.is_settled(t) or (t.task_id, head) in self._unpayable)
         if task is None:
             return None
         posap = PoSapMiner(
@@ -117,10 +121,14 @@ class PoSapWorker:
         now = time.time()
         if now - w.last_broadcast >= self.node.report_interval:
             w.last_broadcast = now
-            payload = PoSapReport(
-                task_id=w.task.task_id, prev_hash=w.head, shapley=list(report.shapley), iterations=report.iterations
+            signed = make_report(
+                self.node.identity,
+                task_id=w.task.task_id,
+                prev_hash=w.head,
+                shapley=list(report.shapley),
+                iterations=report.iterations,
             )
-            self.node.broadcast_report(payload.sign(self.node.identity))
+            self.node.broadcast_report(signed)
 
     def _try_win(self, w: Work) -> Block | None:
         """Line 17: if this miner's S is within D of S̄, build, append and return its block."""
@@ -128,22 +136,29 @@ class PoSapWorker:
         with node.lock:
             if node.work is not w or not w.posap.is_winner() or node.chain.head != w.head:
                 return None
-            avg = w.posap.network_average()
-            if avg is None:  # not reachable after is_winner(); never build on an empty S̄
+            reports = w.posap.signed_reports()
+            if len(reports) < node.chain.params.min_reports:
                 return None
             try:
                 block = build_block(
                     node.chain,
                     task=w.task,
                     winner=node.identity,
-                    s_winner=list(w.posap.shapley),
-                    s_avg=list(avg),
-                    iterations=w.posap.iterations,
+                    leaves=w.posap.leaves(),
+                    reports=reports,
                     transactions=node.mempool.pending(),
                 )
+                # the exact S and S̄ the block states may differ from the running ones in the last bits
+                if p_distance(block.header.s_winner, block.header.s_avg, node.chain.params.p) > w.posap.difficulty:
+                    return None
+                if node.chain.verifier is not None:
+                    node.chain.verifier.trust(block)  # its leaves are this node's own computation
                 result = node.chain.add_block(block)
             except InvalidBlock as exc:
                 log.error("own block on task %s rejected: %s", w.task.task_id, exc)
+                if exc.reason == "bad-transaction":  # unpayable on this head: set aside until the head moves
+                    self._unpayable.add((w.task.task_id, w.head))
+                    node.work = None
                 return None
             node.stats["blocks_won"] += 1
             log.info("won task %s at height %d after %d iterations", w.task.task_id, block.height, w.posap.iterations)

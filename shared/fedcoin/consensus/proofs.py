@@ -1,0 +1,165 @@
+"""Checking the work a block claims: sampled recomputation and fraud proofs.
+
+:func:`fedcoin.consensus.rules.check_work` checks what needs no computation:
+the work log matches its root and leaf count, S_winner is the leaves' exact
+mean and every leaf sums to one v(N) − v(∅). What it cannot check is that the
+leaves are the marginals of their permutations. :class:`WorkVerifier` does: it
+recomputes ``samples`` leaves of every block it is shown and compares them with
+the log (within the chain's ``work_tolerance``, which absorbs float32
+differences between CPU and GPU evaluation).
+
+Which leaves is the verifier's secret: the indices derive from
+``SHA-256(secret || block hash)``, where a node's secret is its Ed25519
+signature of the block hash (deterministic, so a restarted node samples the
+same leaves, and unpredictable to anyone without the node's key). A miner
+cannot grind a block against that randomness: re-signing with another
+timestamp gives a new hash and fresh samples at every verifier. A miner that
+fabricates a fraction f of its leaves is caught by one verifier with
+probability 1 − (1 − f)^samples and by some of V honest verifiers with
+1 − (1 − f)^(samples·V).
+
+Honest verifiers can disagree (one sampled a fabricated leaf, another did
+not), so a verifier that finds a bad leaf raises :class:`BadLeaf` carrying a
+:class:`FraudProof`: the signed header, the task, the leaf index, the logged
+leaf and its Merkle path. Any node checks a proof with one recomputation
+(:meth:`WorkVerifier.check_proof`) and then rejects the block and everything
+built on it, so all honest nodes converge on rejecting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from fedcoin.chain.blocks import Block, BlockHeader
+from fedcoin.chain.encoding import tagged
+from fedcoin.chain.fields import FiniteFloat, LedgerModel, Sha256Hex
+from fedcoin.chain.genesis import ChainParams
+from fedcoin.chain.identity import Identity, verify_signature
+from fedcoin.chain.merkle import verify_merkle_path
+from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.chain.work import leaf_hash
+from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Reason
+
+from .posap import derive_permutation
+
+SAMPLE_DOMAIN = "fedcoin/verify-sample/v1"
+DEFAULT_SAMPLES = 16
+MarginalFn = Callable[[Sequence[int]], Any]
+
+
+class FraudProof(LedgerModel):
+    """Leaf ``index`` of the block whose header this is is not the marginal vector of its permutation."""
+
+    what: ClassVar[str] = "fraud proof"
+
+    header: BlockHeader
+    task: ShapleyTask
+    index: int = Field(ge=0)
+    leaf: list[FiniteFloat] = Field(max_length=4096)
+    path: list[Sha256Hex] = Field(max_length=64)
+
+    @property
+    def block_hash(self) -> str:
+        return self.header.hash
+
+
+class BadLeaf(InvalidBlock):
+    """A recomputed leaf differs from the work log; ``proof`` convinces any other node."""
+
+    def __init__(self, proof: FraudProof, message: str) -> None:
+        super().__init__(Reason.BAD_LEAF, message)
+        self.proof = proof
+
+
+def leaf_error(header: BlockHeader, task: ShapleyTask, index: int, leaf: np.ndarray, marginals: MarginalFn) -> float:
+    """The largest |recomputed − logged| value of leaf ``index``."""
+    perm = derive_permutation(header.prev_hash, header.task_id, header.winner, index, task.n_players)
+    recomputed = np.asarray(marginals(perm), dtype=np.float64)
+    if recomputed.shape != leaf.shape:
+        raise InvalidInput(f"marginals have shape {recomputed.shape}, the leaf {leaf.shape}")
+    return float(np.max(np.abs(recomputed - leaf)))
+
+
+class WorkVerifier:
+    """Recompute ``samples`` secretly chosen leaves of each block; remembers the blocks it passed.
+
+    ``marginals_for(task)`` gives the task's marginal function (the miner's
+    Shapley engine for the task's content); ``identity`` keys the sampling
+    (a random key when None).
+    """
+
+    CACHE = 4096
+
+    def __init__(
+        self,
+        marginals_for: Callable[[ShapleyTask], MarginalFn],
+        *,
+        samples: int = DEFAULT_SAMPLES,
+        identity: Identity | None = None,
+    ) -> None:
+        if not isinstance(samples, int) or samples < 0:
+            raise InvalidInput("samples must be a non-negative integer")
+        self.marginals_for = marginals_for
+        self.samples = samples
+        self._identity = identity or Identity.generate()
+        self._passed: OrderedDict[str, None] = OrderedDict()
+        self.recomputed = 0  # leaves recomputed so far (for metrics and benchmarks)
+
+    def indices(self, block: Block) -> list[int]:
+        """The leaves this node checks in ``block`` (distinct, sorted)."""
+        n = block.header.iterations
+        secret = self._identity.sign(tagged(SAMPLE_DOMAIN, block.hash))
+        rng = random.Random(hashlib.sha256(secret.encode() + block.hash.encode()).digest())
+        return sorted(rng.sample(range(n), min(self.samples, n)))
+
+    def trust(self, block: Block) -> None:
+        """Skip recomputation for ``block`` (this node computed its work itself)."""
+        self._remember(block.hash)
+
+    def _remember(self, block_hash: str) -> None:
+        self._passed[block_hash] = None
+        while len(self._passed) > self.CACHE:
+            self._passed.popitem(last=False)
+
+    def verify(self, block: Block, params: ChainParams) -> None:
+        """Recompute the sampled leaves; raise :class:`BadLeaf` with a fraud proof on the first bad one."""
+        if not params.verified or block.hash in self._passed:
+            return
+        task, work = block.body.task, block.body.work
+        if task is None or work is None:
+            raise InvalidBlock(Reason.BAD_WORK_ROOT, "the block holds no task or no work log to verify")
+        leaves = work.leaves()
+        marginals = self.marginals_for(task)
+        for t in self.indices(block):
+            self.recomputed += 1
+            err = leaf_error(block.header, task, t, leaves[t], marginals)
+            if err > params.work_tolerance:
+                proof = FraudProof(header=block.header, task=task, index=t, leaf=leaves[t].tolist(), path=work.path(t))
+                raise BadLeaf(proof, f"leaf {t} is off by {err:.3g} (> {params.work_tolerance:g}) when recomputed")
+        self._remember(block.hash)
+
+    def check_proof(self, proof: FraudProof, params: ChainParams) -> None:
+        """Raise InvalidInput unless ``proof`` shows a fabricated leaf (one recomputation)."""
+        h = proof.header
+        try:
+            verify_signature(h.winner, h.signing_payload(), h.signature)
+        except InvalidSignature as exc:
+            raise InvalidInput(f"fraud proof: header not signed by its winner: {exc}") from exc
+        if proof.task.task_hash != h.task_hash or proof.task.task_id != h.task_id:
+            raise InvalidInput("fraud proof: the task is not the header's")
+        leaf = np.asarray(proof.leaf, dtype=np.float64)
+        if leaf.shape != (proof.task.n_players,):
+            raise InvalidInput("fraud proof: the leaf does not have one value per client")
+        if not verify_merkle_path(leaf_hash(proof.index, leaf), proof.index, h.iterations, proof.path, h.work_root):
+            raise InvalidInput("fraud proof: the leaf is not in the block's work log")
+        err = leaf_error(h, proof.task, proof.index, leaf, self.marginals_for(proof.task))
+        self.recomputed += 1
+        if err <= params.work_tolerance:
+            raise InvalidInput(f"fraud proof: leaf {proof.index} recomputes within tolerance ({err:.3g})")
