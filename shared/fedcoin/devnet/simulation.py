@@ -10,7 +10,7 @@ calls over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedcoin.chain.blocks import Block
@@ -35,6 +35,10 @@ class RaceResult:
     winner_index: int
     iterations: list[int]
     rounds: int
+
+
+def _constant(fn: MarginalFn) -> Callable[[ShapleyTask], MarginalFn]:
+    return lambda _task: fn
 
 
 def race(
@@ -62,7 +66,7 @@ def race(
     difficulty = chains[0].next_difficulty()
     for chain, fn in zip(chains, fns, strict=True):  # each miner recomputes sampled leaves with its own engine
         if chain.verifier is None:
-            chain.verifier = WorkVerifier(lambda _task, fn=fn: fn)
+            chain.verifier = WorkVerifier(_constant(fn))
     states = [
         PoSapMiner(
             miner=m.account,

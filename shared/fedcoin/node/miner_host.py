@@ -21,7 +21,7 @@ from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import FraudProof
-from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason
+from fedcoin.errors import InvalidInput, OrphanBlock
 from fedcoin.ledger.chain import Chain
 
 from .gossip import Gossip
@@ -29,7 +29,7 @@ from .miner import MinerNode
 from .peers import GOSSIP_TIMEOUT, HttpTransport, Transport
 from .queries import MinerQueries
 from .settings import MinerSettings
-from .sync import ChainSync
+from .sync import ChainSync, ensure_task
 from .taskbook import MarginalsFactory, engine_factory
 
 
@@ -63,9 +63,7 @@ class MinerHost:
             broadcast_proof=self.gossip.send_proof,
         )
         self.queries = MinerQueries(self.node)
-        self.sync = ChainSync(
-            self.node, self.peers, sync_transport or self._own(HttpTransport()), fetch_task=self.fetch_task
-        )
+        self.sync = ChainSync(self.node, self.peers, sync_transport or self._own(HttpTransport()))
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._syncer: asyncio.Task[None] | None = None
@@ -100,18 +98,7 @@ class MinerHost:
 
     # --- what arrives -----------------------------------------------------------------
     async def fetch_task(self, task: ShapleyTask) -> None:
-        """Make sure this node holds ``task`` and its content (to verify a block's work on it):
-        an admitted server's signed task, its content fetched from ``content_uri``."""
-        if self.node.tasks.get(task.task_id) is not None:
-            return
-        params = self.node.chain.params
-        if params.verified and task.server not in params.servers:
-            raise InvalidBlock(Reason.UNKNOWN_SERVER, f"task signed by {task.server[:16]}..., not an admitted server")
-        task.verify_signature()
-        if not self.node.wants_task(task):
-            return
-        content = await self.http.get_bytes(task.content_uri)
-        await asyncio.to_thread(self.node.add_task, task, content)
+        await ensure_task(self.node, self.http, task)
 
     async def deliver_block(self, body: dict[str, Any]) -> dict[str, Any]:
         block = Block.from_dict(body)

@@ -4,8 +4,8 @@ After a restart or a partition a miner has missed blocks; gossip alone never
 brings them back. :class:`ChainSync` asks each peer for its head and, when the
 peer claims more work than this node's head, walks back from the lower of the
 two heights to the last block this node knows, fetches the rest in pages,
-makes sure it holds each block's task (``fetch_task``, to recompute sampled
-leaves) and hands them to :meth:`MinerNode.add_chain
+makes sure it holds each block's task (:func:`ensure_task`, to recompute
+sampled leaves) and hands them to :meth:`MinerNode.add_chain
 <fedcoin.node.miner.MinerNode.add_chain>`, which validates the whole branch
 and switches to it atomically or not at all. A peer's claimed work is only a
 hint; the branch's verified work decides.
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.tasks import ShapleyTask
-from fedcoin.errors import FedcoinError
+from fedcoin.errors import FedcoinError, InvalidBlock, Reason
 
 from .miner import MinerNode
 from .peers import Transport
@@ -28,19 +27,31 @@ from .queries import MAX_BLOCKS_PER_PAGE
 log = logging.getLogger("fedcoin.sync")
 
 
+async def ensure_task(node: MinerNode, transport: Transport, task: ShapleyTask) -> None:
+    """Make sure ``node`` holds ``task`` and its content (to recompute a block's leaves): an admitted
+    server's signed task, its content fetched from ``content_uri``."""
+    if node.tasks.get(task.task_id) is not None:
+        return
+    params = node.chain.params
+    if params.verified and task.server not in params.servers:
+        raise InvalidBlock(Reason.UNKNOWN_SERVER, f"task signed by {task.server[:16]}..., not an admitted server")
+    task.verify_signature()
+    if not node.wants_task(task):
+        return
+    content = await transport.get_bytes(task.content_uri)
+    await asyncio.to_thread(node.add_task, task, content)
+
+
 class ChainSync:
     def __init__(
         self,
         node: MinerNode,
         peers: list[str],
         transport: Transport,
-        *,
-        fetch_task: Callable[[ShapleyTask], Awaitable[None]] | None = None,
     ) -> None:
         self.node = node
         self.peers = list(peers)
         self.transport = transport
-        self.fetch_task = fetch_task
 
     async def sync_once(self) -> None:
         """One pass over the peers."""
@@ -63,10 +74,9 @@ class ChainSync:
         blocks = await self._fetch_branch(peer, min(mine_h, height), height)
         if not blocks:
             return None
-        if self.fetch_task is not None:
-            for b in blocks:
-                if b.body.task is not None and b.hash not in self.node.chain:
-                    await self.fetch_task(b.body.task)
+        for b in blocks:
+            if b.body.task is not None and b.hash not in self.node.chain:
+                await ensure_task(self.node, self.transport, b.body.task)
         result = await asyncio.to_thread(self.node.add_chain, blocks)
         log.info("synced from %s: %s to height %d", peer, result.status, result.height)
         return result.status
