@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedcoin.chain.blocks import Block, body_merkle_root
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.tasks import make_task
 from fedcoin.consensus.mining import build_block
 from fedcoin.errors import Reason, Rejected
@@ -38,9 +40,24 @@ class Net:
         self.users = [ident(30 + k) for k in range(3)]
 
     def genesis(self, **params) -> GenesisConfig:
+        """The network's genesis: its server and miners admitted, the server, requester and users funded."""
         alloc = {self.server.account: 1_000_000, self.requester.account: 50_000}
         alloc.update({u.account: 1_000 for u in self.users})
+        params.setdefault("servers", [self.server.account])
+        params.setdefault("miners", [m.account for m in self.miners])
         return GenesisConfig(params=ChainParams(**params), allocations=alloc, timestamp=T0)
+
+    def report(self, chain: Chain, task, miner: int | Identity, shapley, iterations: int, timestamp: int):
+        """A signed PoSap report of ``miner`` on ``task`` from ``chain``'s head."""
+        m = self.miners[miner] if isinstance(miner, int) else miner
+        return make_report(
+            m,
+            task_id=task.task_id,
+            prev_hash=chain.head,
+            shapley=list(shapley),
+            iterations=iterations,
+            timestamp=timestamp,
+        )
 
     def task(
         self,
@@ -81,13 +98,20 @@ class Net:
         task = task or self.task(f"t{chain.height + 1}", published_at=T0 + 1_000 * (chain.height + 1))
         w = self.miners[winner] if isinstance(winner, int) else winner
         ts = task.published_at + 500 if timestamp is None else timestamp
+        mine = np.array(s_winner if s_winner is not None else s_avg, dtype=np.float64)
+        # the winner's work log repeats its S (each leaf sums alike); one other miner reports S' so
+        # that the iteration-weighted mean of S and S' is s_avg
+        other = self.miners[(self.miners.index(w) + 1) % len(self.miners)] if w in self.miners else self.miners[0]
+        peer = 2 * np.array(s_avg, dtype=np.float64) - mine
+        report = self.report(
+            chain, task, other, peer, iterations, max(task.published_at, chain.head_block.header.timestamp)
+        )
         return build_block(
             chain,
             task=task,
             winner=w,
-            s_winner=list(s_winner if s_winner is not None else s_avg),
-            s_avg=list(s_avg),
-            iterations=iterations,
+            leaves=np.tile(mine, (iterations, 1)),
+            reports=[report],
             transactions=list(txs),
             timestamp=ts,
         )

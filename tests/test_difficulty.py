@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.chain.blocks import Block, BlockBody, BlockHeader
+from fedcoin.chain.blocks import Block, BlockBody, BlockHeader, reports_merkle_root
 from fedcoin.chain.encoding import ZERO_HASH
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.tasks import make_task
+from fedcoin.chain.work import empty_root
 from fedcoin.consensus.difficulty import is_retarget_height, mining_time_ms, next_difficulty
 from fedcoin.errors import InvalidBlock
 from fedcoin.ledger.chain import Chain
@@ -59,6 +60,8 @@ def fake_block(height: int, difficulty: float, mining_ms: int | None, ts: int) -
         task_id="x",
         task_hash=ZERO_HASH,
         iterations=1,
+        work_root=empty_root(),
+        reports_root=reports_merkle_root([]),
     )
     return Block(header=header, body=BlockBody(task=task))
 

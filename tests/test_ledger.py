@@ -1,5 +1,5 @@
 """Ledger invariants (property-based): conservation, overdraft and replay
-protection, tamper detection, reorgs and the fork-choice tie-break."""
+protection, tamper detection, reorgs and fork choice by work (first seen on a tie)."""
 
 from __future__ import annotations
 
@@ -61,13 +61,14 @@ def signed_transfers(net, chain: Chain, plan):
     return out
 
 
-def extend(net, chain: Chain, plans, *, prefix: str = "t", winner_offset: int = 0):
-    """Build and add one block per plan on ``chain``; returns the blocks."""
+def extend(net, chain: Chain, plans, *, prefix: str = "t", winner_offset: int = 0, iterations: int = 10):
+    """Build and add one block per plan on ``chain`` (each of ``iterations`` work); returns the blocks."""
     blocks = []
     for _i, plan in enumerate(plans):
         h = chain.height + 1
         task = net.task(f"{prefix}{h}", published_at=net.T0 + 1_000 * h)
-        b = net.block(chain, task, winner=(h + winner_offset) % 4, txs=signed_transfers(net, chain, plan))
+        txs = signed_transfers(net, chain, plan)
+        b = net.block(chain, task, winner=(h + winner_offset) % 4, txs=txs, iterations=iterations)
         chain.add_block(b, now=net.NOW)
         blocks.append(b)
     return blocks
@@ -155,6 +156,8 @@ HEADER_FIELDS = [
     "task_id",
     "task_hash",
     "iterations",
+    "work_root",
+    "reports_root",
     "signature",
 ]
 TX_FIELDS = ["sender", "recipient", "amount", "nonce", "kind", "memo", "signature"]
@@ -181,7 +184,7 @@ def other_hex(data, old: str, length: int) -> str:
 
 
 def tampered_value(data, net, field: str, old):
-    if field in ("prev_hash", "merkle_root", "task_hash", "content_hash"):
+    if field in ("prev_hash", "merkle_root", "task_hash", "content_hash", "work_root", "reports_root"):
         return other_hex(data, old, 64)
     if field == "signature":
         if old == "" or data.draw(st.booleans()):
@@ -254,7 +257,19 @@ def test_any_header_field_tampered(tamper_env, data, field):
 @settings(max_examples=40, deadline=None)
 @given(
     data=st.data(),
-    field=st.sampled_from(["height", "prev_hash", "merkle_root", "task_id", "task_hash", "difficulty", "winner"]),
+    field=st.sampled_from(
+        [
+            "height",
+            "prev_hash",
+            "merkle_root",
+            "task_id",
+            "task_hash",
+            "difficulty",
+            "winner",
+            "work_root",
+            "reports_root",
+        ]
+    ),
 )
 def test_header_tampered_and_resigned(tamper_env, data, field):
     """Even a winner who signs the altered header cannot get these changes accepted."""
@@ -338,7 +353,7 @@ def test_reorg_to_longer_branch_matches_replay(net, prefix, branch_a, extra, dat
     assert replay(node.main_chain()).balances == node.balances()
     assert sum(node.balances().values()) == node.supply
     for b in blocks_a:
-        assert not node.is_settled(b.header.task_id)
+        assert not node.is_settled(b.body.task)
     # the abandoned branch is still known but does not come back
     assert node.add_chain(blocks_a, now=net.NOW).status == "known"
     assert node.head == blocks_b[-1].hash
@@ -355,9 +370,9 @@ def test_reorg_settles_task_of_abandoned_branch(net):
     b3 = net.block(b, net.task("A2", published_at=net.T0 + 2_000), winner=0)  # A's task, now on B
     b.add_block(b3, now=net.NOW)
     node = fresh_replay_chain(net, [base.genesis, base.block_at(1), a2])
-    assert node.is_settled("A2")
+    assert node.is_settled(a2.body.task)
     node.add_chain([b2, b3], now=net.NOW)
-    assert node.head == b3.hash and node.is_settled("A2") and node.is_settled("t2")
+    assert node.head == b3.hash and node.is_settled(b3.body.task) and node.is_settled(b2.body.task)
     assert node.nonce(net.users[0].account) == 1
     assert node.balance(net.users[1].account) == 1000 and node.balance(net.users[2].account) == 1200
     assert full_state(node) == full_state(b)
@@ -382,24 +397,33 @@ def test_add_chain_invalid_block_is_all_or_nothing(net):
     assert full_state(base) == full_state(builder)
 
 
-# --- fork choice tie-break ------------------------------------------------------------
+# --- fork choice: greatest work, first seen on a tie ---------------------------------------
 
 
-@settings(max_examples=15, deadline=None)
-@given(plan_a=block_plan_st, plan_b=block_plan_st, depth=st.integers(1, 2), wa=st.integers(0, 3), wb=st.integers(0, 3))
-def test_equal_height_tie_break_independent_of_arrival_order(net, plan_a, plan_b, depth, wa, wb):
+@settings(max_examples=20, deadline=None)
+@given(
+    plan_a=block_plan_st,
+    plan_b=block_plan_st,
+    depth=st.integers(1, 2),
+    wa=st.integers(0, 3),
+    wb=st.integers(0, 3),
+    iters=st.tuples(st.sampled_from([9, 10, 11]), st.sampled_from([9, 10, 11])),
+)
+def test_fork_choice_greatest_work_first_seen_on_tie(net, plan_a, plan_b, depth, wa, wb, iters):
+    """Two branches of equal height: the one of more work wins in either arrival order; at equal work
+    the one seen first stays, whichever has the smaller tip hash (a hash order can be ground)."""
     base = Chain(net.genesis())
     extend(net, base, [[]])
     branches = []
-    for plan, w, tag in ((plan_a, wa, "A"), (plan_b, wb, "B")):
+    for plan, w, tag, it in ((plan_a, wa, "A", iters[0]), (plan_b, wb, "B", iters[1])):
         builder = fresh_replay_chain(net, base.main_chain())
-        extend(net, builder, [plan] + [[]] * (depth - 1), prefix=tag, winner_offset=w)
+        extend(net, builder, [plan] + [[]] * (depth - 1), prefix=tag, winner_offset=w, iterations=it)
         branches.append(builder.main_chain()[2:])
     tips = [br[-1].hash for br in branches]
     assert tips[0] != tips[1]
-    winner = min(range(2), key=lambda k: tips[k])
-    heads = []
+    work = [depth * it for it in iters]
     for order in ((0, 1), (1, 0)):
+        winner = order[0] if work[order[0]] >= work[order[1]] else order[1]
         node = fresh_replay_chain(net, base.main_chain())
         for k in order:
             try:
@@ -409,9 +433,11 @@ def test_equal_height_tie_break_independent_of_arrival_order(net, plan_a, plan_b
                     node.add_chain(branches[k], now=net.NOW)
             except StaleBlock:
                 assert k != winner
-        heads.append((node.head, full_state(node)))
-    assert heads[0] == heads[1]
-    assert heads[0][0] == tips[winner]
+            else:
+                assert node.head == tips[k]
+        assert node.head == tips[winner] and node.work == base.work + work[winner]
+        expected = fresh_replay_chain(net, [base.genesis, base.block_at(1), *branches[winner]])
+        assert full_state(node) == full_state(expected)
 
 
 def test_reward_payments_follow_header_average(net, chain):

@@ -9,11 +9,16 @@ by the defect and nothing else.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fedcoin.chain.blocks import BlockBody
+from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import MINT_ACCOUNT, Transaction, make_transaction
+from fedcoin.chain.work import WorkLog
+from fedcoin.consensus.mining import build_block, seal_block
+from fedcoin.consensus.proofs import FraudProof, WorkVerifier
 from fedcoin.consensus.rules import verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
 from fedcoin.ledger.chain import Chain
@@ -26,6 +31,11 @@ def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
 
 def flip_hex(s: str, pos: int = 5) -> str:
     return s[:pos] + format(int(s[pos], 16) ^ 1, "x") + s[pos + 1 :]
+
+
+def resign_report(r: ShapleyReport, signer, **updates) -> ShapleyReport:
+    r = r.model_copy(update=updates)
+    return r.model_copy(update={"signature": signer.sign(r.signing_payload())})
 
 
 @pytest.fixture
@@ -75,7 +85,7 @@ def test_candidate_is_valid(env):
     accept(net, chain, good)
     assert chain.height == 4
     assert chain.balance(w.account) == before + 900 - 700
-    assert chain.is_settled("t4")
+    assert chain.is_settled(good.body.task)
     assert chain.store.head == good.hash
 
 
@@ -243,17 +253,40 @@ def test_timestamp_before_task_publication(env):
     accept(net, chain, net.reheader(good, net.winner_of(good), timestamp=published))
 
 
+def median_time_past(chain: Chain) -> int:
+    ts = sorted(b.header.timestamp for b in chain.main_chain())
+    return ts[(len(ts) - 1) // 2]  # median_low (the chain is shorter than median_time_window)
+
+
 def test_timestamp_not_after_median_time_past(env):
     net, chain, good, _ = env
-    ts = sorted(b.header.timestamp for b in chain.main_chain())
-    mtp = ts[(len(ts) - 1) // 2]  # median_low
+    mtp = median_time_past(chain)
+    assert mtp < chain.head_block.header.timestamp
     old_task = net.task("t4", published_at=net.T0)
     w = net.winner_of(good)
     base = net.rebody(good, w, task=old_task, fix_merkle=False)
     base = net.reheader(base, w, task_hash=old_task.task_hash)
     reject(net, chain, net.reheader(base, w, timestamp=mtp), "time-too-old")
     reject(net, chain, net.reheader(base, w, timestamp=mtp - 1), "time-too-old")
-    accept(net, chain, net.reheader(base, w, timestamp=mtp + 1))
+    # after the median but before its parent: the median is satisfied, but no report on this parent
+    # can be dated before the block (reports start when the parent exists)
+    reject(net, chain, net.reheader(base, w, timestamp=mtp + 1), "bad-report")
+
+
+def test_median_time_past_boundary_without_reports(net):
+    """With ``min_reports = 0`` nothing but the median bounds a timestamp from below: mtp + 1 is valid."""
+    chain = Chain(net.genesis(min_reports=0))
+    for k in range(3):
+        chain.add_block(net.block(chain, winner=k), now=net.NOW)
+    mtp = median_time_past(chain)
+    old_task = net.task("t4", published_at=net.T0)
+    w = net.miners[1]
+    leaves = np.tile([0.5, 0.3, 0.2], (10, 1))
+    base = build_block(chain, task=old_task, winner=w, leaves=leaves, timestamp=net.T0)  # raised to mtp + 1
+    assert base.header.timestamp == mtp + 1 < chain.head_block.header.timestamp and base.body.reports == []
+    reject(net, chain, net.reheader(base, w, timestamp=mtp), "time-too-old")
+    reject(net, chain, net.reheader(base, w, timestamp=mtp - 1), "time-too-old")
+    accept(net, chain, base)
 
 
 def test_timestamp_far_future(env):
@@ -279,10 +312,12 @@ def test_timestamp_far_future_against_wall_clock(env):
 
 def test_shapley_far_from_average(env):
     net, chain, good, _ = env
-    w = net.winner_of(good)
-    bad = net.reheader(good, w, s_winner=[0.52, 0.3, 0.2])  # distance 0.02 > D = 0.01
+    user = settlement(good)[0]
+    # S_winner is its work log's mean and S̄ the weighted mean with the carried report: both honest
+    bad = net.block(chain, winner=1, txs=user, s_winner=[0.52, 0.3, 0.2])  # distance 0.02 > D = 0.01
+    assert bad.header.s_avg == pytest.approx(good.header.s_avg)
     reject(net, chain, bad, "shapley-far-from-average")
-    close = net.reheader(good, w, s_winner=[0.505, 0.3, 0.2])
+    close = net.block(chain, winner=1, txs=user, s_winner=[0.505, 0.3, 0.2])
     accept(net, chain, close)
 
 
@@ -298,8 +333,9 @@ def test_shapley_far_from_local(env):
 def test_distance_boundary_is_inclusive(net):
     chain = Chain(net.genesis(initial_difficulty=0.25))
     w = net.miners[0]
-    exactly = net.block(chain, winner=0, s_avg=[0.5, 0.25, 0.25], s_winner=[0.75, 0.25, 0.25])
-    beyond = net.reheader(exactly, w, s_winner=[0.75 + 2**-20, 0.25, 0.25])
+    exactly = net.block(chain, winner=w, s_avg=[0.5, 0.25, 0.25], s_winner=[0.75, 0.25, 0.25])
+    beyond = net.block(chain, winner=w, s_avg=[0.5, 0.25, 0.25], s_winner=[0.75 + 2**-20, 0.25, 0.25])
+    assert exactly.header.s_avg == beyond.header.s_avg == [0.5, 0.25, 0.25]
     reject(net, chain, beyond, "shapley-far-from-average")
     reject(net, chain, exactly, "shapley-far-from-local", local_avg=[1.0 + 2**-20, 0.25, 0.25])
     accept(net, chain, exactly, local_avg=[1.0, 0.25, 0.25])  # both distances exactly D
@@ -311,7 +347,8 @@ def test_task_already_settled(env):
     again = net.block(chain, good.body.task, winner=2)  # same task, later block
     reject(net, chain, again, "task-already-settled")
     old = chain.block_at(1).body.task
-    reject(net, chain, net.block(chain, old, winner=3), "task-already-settled")
+    head_ts = chain.head_block.header.timestamp  # reports on the head are dated from its timestamp on
+    reject(net, chain, net.block(chain, old, winner=3, timestamp=head_ts), "task-already-settled")
 
 
 # --- Algorithm 3: payout and rewards -------------------------------------------------
@@ -484,7 +521,7 @@ def test_overdraft(env):
 def test_server_cannot_pay_payout(net):
     # a server without funds cannot settle: the payout overdraws it
     poor = net.ident(99)
-    chain = Chain(net.genesis())
+    chain = Chain(net.genesis(servers=[net.server.account, poor.account]))  # admitted, only unfunded
     task = net.task("t1", server=poor)
     user_tx = [make_transaction(net.users[0], net.users[1].account, 1, 0)]
     with pytest.raises(InvalidBlock, match="insufficient-balance") as info:
@@ -545,14 +582,33 @@ def test_payout_carries_no_signature(env):
 # --- condition 3: stale blocks ---------------------------------------------------------
 
 
-def test_stale_block_equal_height_loses_tie_break(env):
+@pytest.mark.parametrize("first", ["smaller-hash", "larger-hash"])
+def test_stale_block_equal_work_first_seen_stays(env, first):
     net, chain, good, _ = env
     rival = net.block(chain, winner=2)
+    assert rival.header.iterations == good.header.iterations  # equal work
     small, large = sorted([good, rival], key=lambda b: b.hash)
-    accept(net, chain, small)
-    err = reject(net, chain, large, "stale-block")
+    seen, late = (small, large) if first == "smaller-hash" else (large, small)
+    accept(net, chain, seen)
+    err = reject(net, chain, late, "stale-block")  # whatever the hash order
     assert isinstance(err, StaleBlock)
-    assert chain.head == small.hash
+    assert chain.head == seen.hash
+    with pytest.raises(StaleBlock):
+        chain.add_chain([late], now=net.NOW)
+
+
+def test_more_work_at_equal_height_wins(env):
+    net, chain, good, _ = env
+    heavier = net.block(chain, winner=2, iterations=11)
+    lighter = net.block(chain, winner=3, iterations=9)
+    accept(net, chain, good)
+    work = chain.work
+    reject(net, chain, lighter, "stale-block")
+    res = chain.add_block(heavier, now=net.NOW)
+    assert res.status == "reorg" and res.reorg_depth == 1 and res.abandoned == (good,)
+    assert chain.head == heavier.hash and chain.height == 4 and chain.work == work + 1
+    assert chain.is_settled(heavier.body.task)
+    assert chain.nonce(net.users[0].account) == 1  # the transfer pending in `good` left with it
 
 
 def test_stale_block_lower_height(env):
@@ -589,8 +645,14 @@ def test_a_mutated_copy_of_a_known_block_is_rejected_not_known(env):
     swapped = good.model_copy(update={"body": good.body.model_copy(update={"task": other_task})})
     no_task = good.model_copy(update={"body": good.body.model_copy(update={"task": None})})
     resigned = net.reheader(good, net.miners[3])  # same header hash, someone else's signature
+    no_reports = good.model_copy(update={"body": good.body.model_copy(update={"reports": []})})
+    leaves = good.body.work.leaves().copy()
+    leaves[0, 0] += 1e-9
+    other_work = good.model_copy(update={"body": good.body.model_copy(update={"work": WorkLog.from_leaves(leaves, 3)})})
     for mutated, reason in (
         (fewer, "bad-merkle-root"),
+        (no_reports, "bad-merkle-root"),
+        (other_work, "bad-work-root"),
         (swapped, "task-mismatch"),
         (no_task, "missing-task"),
         (resigned, "bad-signature"),
@@ -650,3 +712,381 @@ def test_funding_must_be_deposits(net):
     t = make_transaction(net.requester, net.server.account, 5, 0, "transfer")
     with pytest.raises(InvalidInput):
         net.task("t1", funding=[t])
+
+
+# --- verifiable work: the work log and S_winner -----------------------------------------
+
+
+def craft(net, chain: Chain, good, *, leaves=None, reports=None, task=None, winner=None):
+    """``good`` rebuilt by build_block with its work log, reports, task or winner replaced:
+    S_winner, S̄, the roots and the signature follow, so only the replaced part can be wrong."""
+    return build_block(
+        chain,
+        task=good.body.task if task is None else task,
+        winner=net.winner_of(good) if winner is None else winner,
+        leaves=good.body.work.leaves() if leaves is None else leaves,
+        reports=good.body.reports if reports is None else reports,
+        transactions=settlement(good)[0],
+        timestamp=good.header.timestamp,
+    )
+
+
+def seal(net, chain: Chain, good, **header):
+    """``good`` re-sealed with explicit header values (and work log/reports): what an attacker claims."""
+    h = good.header
+    args = {
+        "task": good.body.task,
+        "winner": net.winner_of(good),
+        "s_winner": h.s_winner,
+        "s_avg": h.s_avg,
+        "iterations": h.iterations,
+        "work": good.body.work,
+        "reports": good.body.reports,
+        "transactions": settlement(good)[0],
+        "timestamp": h.timestamp,
+    }
+    args.update(header)
+    return seal_block(chain, **args)
+
+
+def test_crafting_helpers_rebuild_the_candidate(env):
+    net, chain, good, _ = env
+    assert craft(net, chain, good) == good and seal(net, chain, good) == good
+    assert good.header.iterations == 10 and good.body.work.leaves().shape == (10, 3)
+    assert len(good.body.reports) == 1 and good.body.reports[0].miner == net.miners[2].account
+
+
+def test_bad_work_root_log_tampered(env):
+    net, chain, good, _ = env
+    leaves = good.body.work.leaves().copy()
+    leaves[3, 0] += 1e-9  # one value of one leaf; the header still commits to the old log
+    for work in (
+        WorkLog.from_leaves(leaves, 3),
+        WorkLog.from_leaves(leaves[:-1], 3),  # a leaf dropped
+        WorkLog.from_leaves(leaves[::-1], 3),  # leaves reordered: leaf t is bound to its index
+        WorkLog(n_players=3, leaves_b64="not base64!"),
+        WorkLog(n_players=3, leaves_b64="AAAAAAAAAAAAAAAAAAAAAA=="),  # 16 bytes: not whole 3-value leaves
+    ):
+        bad = good.model_copy(update={"body": good.body.model_copy(update={"work": work})})
+        assert bad.hash == good.hash
+        reject(net, chain, bad, "bad-work-root")
+    reject(net, chain, net.reheader(good, net.winner_of(good), work_root="11" * 32), "bad-work-root")
+    accept(net, chain, good)
+
+
+@pytest.mark.parametrize("claimed", [9, 11, 10**9])
+def test_bad_work_root_leaf_count_is_not_iterations(env, claimed):
+    net, chain, good, _ = env
+    reject(net, chain, net.reheader(good, net.winner_of(good), iterations=claimed), "bad-work-root")
+    accept(net, chain, good)
+
+
+def test_bad_work_root_log_longer_than_claimed(env):
+    net, chain, good, _ = env
+    eleven = WorkLog.from_leaves(np.tile(good.header.s_winner, (11, 1)), 3)  # committed to, but 11 leaves
+    reject(net, chain, seal(net, chain, good, work=eleven), "bad-work-root")
+    accept(net, chain, good)
+
+
+def test_bad_work_root_missing_or_misshapen_log(env):
+    net, chain, good, _ = env
+    missing = seal(net, chain, good, work=None)  # work_root = the empty root, which matches
+    assert missing.body.work is None
+    reject(net, chain, missing, "bad-work-root")
+    wide = WorkLog.from_leaves(np.tile([0.5, 0.3, 0.2, 0.0], (10, 1)), 4)  # four values per leaf, three clients
+    reject(net, chain, seal(net, chain, good, work=wide), "bad-work-root")
+    accept(net, chain, good)
+
+
+def test_bad_work_mean_s_winner_not_the_mean(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    s = good.header.s_winner
+    one_ulp = [float(np.nextafter(s[0], 1.0)), *s[1:]]
+    reject(net, chain, net.reheader(good, w, s_winner=one_ulp), "bad-work-mean")
+    # the mean is the exactly rounded one (fsum, then one division), not numpy's pairwise mean
+    numpy_mean = good.body.work.leaves().mean(axis=0).tolist()
+    assert numpy_mean != s
+    reject(net, chain, seal(net, chain, good, s_winner=numpy_mean), "bad-work-mean")
+    # a winner that claims another S than its work log's (close to S̄, so condition 1 would pass)
+    reject(net, chain, seal(net, chain, good, s_winner=[0.501, 0.3, 0.199]), "bad-work-mean")
+    accept(net, chain, good)
+
+
+def test_bad_work_mean_leaf_breaks_efficiency(env):
+    net, chain, good, _ = env
+    tol = chain.params.work_tolerance
+    leaves = good.body.work.leaves().copy()
+    leaves[3, 0] += 5 * tol  # leaf 3 sums to v(N) − v(∅) + 5·tol; S_winner is still the exact mean
+    bad = craft(net, chain, good, leaves=leaves)
+    assert bad.header.s_winner == bad.body.work.mean()
+    reject(net, chain, bad, "bad-work-mean")
+    within = good.body.work.leaves().copy()
+    within[3, 0] += 0.75 * tol  # float32-sized disagreement is tolerated
+    accept(net, chain, craft(net, chain, good, leaves=within))
+
+
+# --- the reports S̄ averages ------------------------------------------------------------
+
+
+def carried(good) -> ShapleyReport:
+    return good.body.reports[0]
+
+
+def report_start(chain: Chain, good) -> int:
+    """When reports on ``good``'s task and parent can start: both exist."""
+    return max(good.body.task.published_at, chain.head_block.header.timestamp)
+
+
+def test_bad_report_not_from_another_admitted_miner(env):
+    net, chain, good, _ = env
+    r = carried(good)
+    task = good.body.task
+    stranger = net.report(chain, task, net.users[0], r.shapley, r.iterations, r.timestamp)
+    itself = net.report(chain, task, net.winner_of(good), r.shapley, r.iterations, r.timestamp)
+    twice = net.report(chain, task, 2, [0.49, 0.31, 0.2], 5, r.timestamp)
+    assert twice.miner == r.miner
+    for reports in ([stranger], [itself], [r, itself], [r, twice], [twice, r]):
+        reject(net, chain, craft(net, chain, good, reports=reports), "bad-report")
+    other = net.report(chain, task, 3, [0.49, 0.31, 0.2], 5, r.timestamp)
+    accept(net, chain, craft(net, chain, good, reports=[r, other]))  # two miners, one report each
+
+
+def test_bad_report_on_another_parent_or_task(env):
+    net, chain, good, _ = env
+    r = carried(good)
+    m = net.miners[2]
+    for upd in ({"prev_hash": chain.block_at(2).hash}, {"prev_hash": good.hash}, {"task_id": "t3"}, {"task_id": "t9"}):
+        reject(net, chain, craft(net, chain, good, reports=[resign_report(r, m, **upd)]), "bad-report")
+    # a report with the wrong number of values (S̄ cannot be averaged with it: sealed as claimed)
+    short = resign_report(r, m, shapley=[0.5, 0.5])
+    reject(net, chain, seal(net, chain, good, reports=[short]), "bad-report")
+    accept(net, chain, good)
+
+
+def test_bad_report_dated_outside_task_and_block(env):
+    net, chain, good, _ = env
+    r, m = carried(good), net.miners[2]
+    start, block_ts = report_start(chain, good), good.header.timestamp
+    assert r.timestamp == start < block_ts
+    for ts in (start - 1, block_ts + 1, net.NOW):
+        reject(net, chain, craft(net, chain, good, reports=[resign_report(r, m, timestamp=ts)]), "bad-report")
+    accept(net, chain, craft(net, chain, good, reports=[resign_report(r, m, timestamp=block_ts)]))  # inclusive
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_bad_report_claims_more_iterations_than_the_rate_allows(env, late):
+    net, chain, good, _ = env
+    r, m = carried(good), net.miners[2]
+    start = report_start(chain, good)
+    ts = good.header.timestamp if late else start
+    rate = chain.params.max_report_rate
+    cap = int(rate * (ts - start + 1000) / 1000)  # iterations/s since task and parent both exist, +1 s slack
+    assert cap == (7_500 if late else 5_000)
+    too_many = resign_report(r, m, timestamp=ts, iterations=cap + 1)
+    reject(net, chain, craft(net, chain, good, reports=[too_many]), "bad-report")
+    accept(net, chain, craft(net, chain, good, reports=[resign_report(r, m, timestamp=ts, iterations=cap)]))
+
+
+def test_bad_report_rate_counts_from_the_parent_not_the_task(env):
+    """Iterations run before the parent existed were run on another prev_hash: they do not count."""
+    net, chain, good, _ = env
+    m = net.miners[2]
+    old_task = net.task("t4", published_at=net.T0 + 100)  # published long before the head
+    parent_ts = chain.head_block.header.timestamp
+    ts = good.header.timestamp
+    since_task = int(chain.params.max_report_rate * (ts - old_task.published_at + 1000) / 1000)
+    since_parent = int(chain.params.max_report_rate * (ts - parent_ts + 1000) / 1000)
+    assert since_task > since_parent
+    for claim, ok in ((since_task, False), (since_parent, True)):
+        r = net.report(chain, old_task, m, [0.5, 0.3, 0.2], claim, ts)
+        blk = craft(net, chain, good, task=old_task, reports=[r])
+        if ok:
+            accept(net, chain, blk)
+        else:
+            reject(net, chain, blk, "bad-report")
+
+
+def test_bad_report_signature(env):
+    net, chain, good, _ = env
+    r = carried(good)
+    for sig in (flip_hex(r.signature, 0), flip_hex(r.signature, 100), "", net.miners[3].sign(r.signing_payload())):
+        forged = r.model_copy(update={"signature": sig})
+        assert forged.hash == r.hash  # the reports root does not cover signatures: the rule must check them
+        bad = craft(net, chain, good, reports=[forged])
+        assert bad.header.reports_root == good.header.reports_root
+        reject(net, chain, bad, "bad-report")
+    # the shapley values changed after signing (what a winner would do to steer S̄)
+    steered = r.model_copy(update={"shapley": [0.6, 0.2, 0.2]})
+    reject(net, chain, craft(net, chain, good, reports=[steered]), "bad-report")
+    accept(net, chain, good)
+
+
+def test_too_few_reports(env):
+    net, chain, good, _ = env
+    alone = craft(net, chain, good, reports=[])
+    assert alone.header.s_avg == alone.header.s_winner  # S̄ of its own S alone: condition 1 holds trivially
+    reject(net, chain, alone, "too-few-reports")
+    accept(net, chain, good)
+
+
+def test_too_few_reports_min_reports_two(net):
+    chain = Chain(net.genesis(min_reports=2))
+    one = net.block(chain, winner=0)
+    reject(net, chain, one, "too-few-reports")
+    task, r = one.body.task, carried(one)
+    second = net.report(chain, task, 3, r.shapley, r.iterations, r.timestamp)
+    accept(net, chain, craft(net, chain, one, reports=[r, second]))
+
+
+def test_bad_average(env):
+    net, chain, good, _ = env
+    w = net.winner_of(good)
+    s_avg = good.header.s_avg
+    reject(net, chain, net.reheader(good, w, s_avg=[float(np.nextafter(s_avg[0], 1.0)), *s_avg[1:]]), "bad-average")
+    # S̄ must be the iteration-weighted mean of S_winner and the carried reports, not whatever the header says
+    r = resign_report(carried(good), net.miners[2], shapley=[0.496, 0.304, 0.2], iterations=30)
+    honest = craft(net, chain, good, reports=[r])
+    s_w = honest.header.s_winner
+    expected = [(10 * a + 30 * b) / 40 for a, b in zip(s_w, r.shapley, strict=True)]
+    assert honest.header.s_avg == pytest.approx(expected)
+    ignoring = seal(net, chain, honest, reports=[r], s_avg=s_w)  # the report carried, not averaged
+    unweighted = seal(net, chain, honest, reports=[r], s_avg=[(a + b) / 2 for a, b in zip(s_w, r.shapley, strict=True)])
+    for bad in (ignoring, unweighted):
+        reject(net, chain, bad, "bad-average")
+    accept(net, chain, honest)
+
+
+def test_bad_merkle_root_reports(env):
+    net, chain, good, _ = env
+    r = carried(good)
+    later = resign_report(r, net.miners[2], timestamp=r.timestamp + 1)  # valid itself, but not committed to
+    for reports in ([], [later], [r, r]):
+        bad = good.model_copy(update={"body": good.body.model_copy(update={"reports": reports})})
+        assert bad.hash == good.hash
+        reject(net, chain, bad, "bad-merkle-root")
+    reject(net, chain, net.reheader(good, net.winner_of(good), reports_root="11" * 32), "bad-merkle-root")
+    accept(net, chain, good)
+
+
+# --- admission ------------------------------------------------------------------------------
+
+
+def test_unknown_server(env):
+    net, chain, good, _ = env
+    # the requester is funded and signs the task itself: valid in every other respect
+    task = net.task("t4", published_at=good.body.task.published_at, server=net.requester)
+    assert task.server not in chain.params.servers
+    reject(net, chain, craft(net, chain, good, task=task), "unknown-server")
+    accept(net, chain, good)
+
+
+def test_unknown_server_admitted_is_accepted(net):
+    chain = Chain(net.genesis(servers=[net.server.account, net.requester.account]))
+    accept(net, chain, net.block(chain, net.task("t1", server=net.requester)))
+
+
+@pytest.mark.parametrize("who", ["user", "stranger"])
+def test_unknown_miner(env, who):
+    net, chain, good, _ = env
+    w = net.users[0] if who == "user" else net.ident(77)
+    assert w.account not in chain.params.miners
+    reject(net, chain, craft(net, chain, good, winner=w), "unknown-miner")
+    accept(net, chain, good)
+
+
+def test_unknown_miner_not_on_a_shorter_admission_list(net):
+    chain = Chain(net.genesis(miners=[m.account for m in net.miners[:3]]))
+    reject(net, chain, net.block(chain, winner=3), "unknown-miner")
+    accept(net, chain, net.block(chain, winner=1))  # its reporter, miner 2, is admitted
+
+
+# --- consensus = "paper": Algorithm 2 as published ------------------------------------------
+
+
+def unbacked_claim(net, chain: Chain, winner=None):
+    """A block claiming 10^9 iterations with no work log and no reports (S̄ = S_winner, as it likes)."""
+    task = net.task("t1")
+    s = [0.5, 0.3, 0.2]
+    return seal_block(
+        chain,
+        task=task,
+        winner=net.miners[0] if winner is None else winner,
+        s_winner=s,
+        s_avg=s,
+        iterations=10**9,
+        work=None,
+        timestamp=task.published_at + 500,
+    )
+
+
+def test_paper_consensus_accepts_an_unbacked_work_claim(net):
+    paper = Chain(net.genesis(consensus="paper"))
+    claim = unbacked_claim(net, paper)
+    accept(net, paper, claim)
+    assert paper.work == 1  # fork choice counts blocks under paper, as condition 3 does
+    anyone = Chain(net.genesis(consensus="paper"))
+    accept(net, anyone, unbacked_claim(net, anyone, winner=net.ident(77)))  # no admission either
+    verified = Chain(net.genesis())
+    reject(net, verified, unbacked_claim(net, verified), "bad-work-root")
+
+
+# --- sampled recomputation and fraud proofs ------------------------------------------------
+
+VALUES = [0.5, 0.3, 0.2]
+
+
+def additive_game(task: ShapleyTask):
+    """An additive game: every permutation's marginal vector is the clients' values."""
+    return lambda perm: np.array(VALUES)
+
+
+def fabricated_block(net, chain: Chain, winner: int = 1):
+    """Leaf 7 is not its permutation's marginal vector, but it sums alike (check_work cannot tell)."""
+    leaves = np.tile(VALUES, (10, 1))
+    leaves[7] = [0.45, 0.35, 0.2]
+    task = net.task(f"t{chain.height + 1}", published_at=net.T0 + 1_000 * (chain.height + 1))
+    r = net.report(chain, task, winner + 1, VALUES, 10, task.published_at)
+    return build_block(
+        chain, task=task, winner=net.miners[winner], leaves=leaves, reports=[r], timestamp=task.published_at + 500
+    )
+
+
+def test_bad_leaf_and_fraud_proof(net, tmp_path):
+    g = net.genesis()
+    checker = Chain(g, verifier=WorkVerifier(additive_game))  # recomputes up to 16 leaves: all 10 here
+    trusting = Chain.open(tmp_path / "c.db", g, verifier=WorkVerifier(additive_game, samples=0))
+    b1 = net.block(trusting, winner=0, s_avg=VALUES)
+    for c in (checker, trusting):
+        accept(net, c, b1)
+    bad = fabricated_block(net, trusting)
+    err = reject(net, checker, bad, "bad-leaf")
+    proof = err.proof
+    assert proof.block_hash == bad.hash and proof.index == 7 and proof.leaf == [0.45, 0.35, 0.2]
+    # a node that sampled no leaf accepts it and a block built on it
+    accept(net, trusting, bad)
+    child = net.block(trusting, winner=2, s_avg=VALUES)
+    accept(net, trusting, child)
+    # a "proof" about an honest leaf convinces nobody and changes nothing
+    honest_leaf = FraudProof(header=bad.header, task=bad.body.task, index=0, leaf=VALUES, path=bad.body.work.path(0))
+    before = net.snapshot(trusting)
+    with pytest.raises(InvalidInput):
+        trusting.apply_fraud_proof(honest_leaf)
+    assert net.snapshot(trusting) == before
+    # the real proof condemns the block and its descendant
+    res = trusting.apply_fraud_proof(proof)
+    assert res.status == "reorg" and res.abandoned == (bad, child) and trusting.head == b1.hash
+    assert trusting.is_condemned(bad.hash) and bad.hash not in trusting and child.hash not in trusting
+    assert trusting.apply_fraud_proof(proof).status == "known"
+    for blk in (bad, child):
+        reject(net, trusting, blk, "fraudulent-block")
+    with pytest.raises(InvalidBlock) as info:
+        trusting.add_chain([bad, child], now=net.NOW)
+    assert info.value.reason == "fraudulent-block"
+    trusting.close()
+    reopened = Chain.open(tmp_path / "c.db", g, verifier=WorkVerifier(additive_game, samples=0))
+    assert reopened.head == b1.hash and reopened.is_condemned(bad.hash)
+    reject(net, reopened, bad, "fraudulent-block")
+    # the checker takes the honest block instead
+    accept(net, checker, net.block(checker, winner=1, s_avg=VALUES))
+    reopened.close()

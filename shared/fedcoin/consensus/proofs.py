@@ -136,6 +136,12 @@ class WorkVerifier:
         if task is None or work is None:
             raise InvalidBlock(Reason.BAD_WORK_ROOT, "the block holds no task or no work log to verify")
         leaves = work.leaves()
+        if leaves.shape != (block.header.iterations, task.n_players):
+            raise InvalidBlock(
+                Reason.BAD_WORK_ROOT,
+                f"the work log holds {leaves.shape[0]} leaves of {leaves.shape[1]} values, "
+                f"the header claims {block.header.iterations} of {task.n_players}",
+            )
         marginals = self.marginals_for(task)
         for t in self.indices(block):
             self.recomputed += 1

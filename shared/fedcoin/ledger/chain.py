@@ -86,6 +86,8 @@ class Chain:
             self._invalid = store.invalid()
             blocks, head = store.load()
             for b in blocks:
+                if b.header.prev_hash not in self._work:
+                    raise StoreError(f"stored block {b.hash[:16]} has no stored parent {b.header.prev_hash[:16]}")
                 self._index_block(b)
             if head is not None and head != g.hash:
                 if head not in self._index:
@@ -308,6 +310,10 @@ class Chain:
         bad = proof.block_hash
         if bad in self._invalid:
             return AddResult("known", self.head, self.height)
+        if self.params.verified and proof.header.winner not in self.params.miners:
+            raise InvalidInput("fraud proof about a block of a miner the chain does not admit (refused anyway)")
+        if bad not in self._index and proof.header.prev_hash not in self._index:
+            raise InvalidInput("fraud proof about a block on a parent this node does not know")
         self.verifier.check_proof(proof, self.params)
         why = f"leaf {proof.index} of the work log is not the marginal vector of its permutation"
         doomed = self._index.descendants(bad)

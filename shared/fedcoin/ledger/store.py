@@ -20,7 +20,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedcoin.chain.blocks import Block, body_merkle_root
+from fedcoin.chain.blocks import Block, body_merkle_root, reports_merkle_root
+from fedcoin.chain.work import empty_root
 from fedcoin.errors import InvalidInput, StoreError
 
 SCHEMA = """
@@ -96,9 +97,12 @@ class BlockStore:
                 raise StoreError(f"{self.path}: stored block {block_hash[:16]} is unreadable: {exc}") from exc
             if block.hash != block_hash:
                 raise StoreError(f"{self.path}: stored block {block_hash[:16]} does not hash to its key")
-            task = block.body.task
-            if body_merkle_root(block.body.transactions) != block.header.merkle_root or (
-                task is not None and task.task_hash != block.header.task_hash
+            task, work = block.body.task, block.body.work
+            if (
+                body_merkle_root(block.body.transactions) != block.header.merkle_root
+                or reports_merkle_root(block.body.reports) != block.header.reports_root
+                or (empty_root() if work is None else work.root()) != block.header.work_root
+                or (task is not None and task.task_hash != block.header.task_hash)
             ):
                 raise StoreError(
                     f"{self.path}: stored block {block_hash[:16]} has a body its header does not commit to"

@@ -41,7 +41,7 @@ from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
-from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
+from fedcoin.errors import FedcoinError, InvalidBlock, InvalidInput, Unavailable
 from fedcoin.ledger.chain import AddResult, Chain
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
@@ -209,7 +209,7 @@ class MinerNode:
         except BadLeaf as exc:
             self._proof_found(exc.proof)
             raise
-        except InvalidInput:
+        except (InvalidInput, InvalidBlock):
             return  # a malformed log: VerifyBlock rejects it with its reason under the lock
 
     def _proof_found(self, proof: FraudProof) -> None:
