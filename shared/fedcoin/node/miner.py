@@ -204,6 +204,8 @@ class MinerNode:
         verifier = self.chain.verifier
         if verifier is None or not self.chain.params.verified or block.body.work is None:
             return
+        if self.chain.is_condemned(block.hash) or self.chain.is_condemned(block.header.prev_hash):
+            return  # refused as fraudulent-block under the lock, without recomputing
         try:
             verifier.verify(block, self.chain.params)
         except BadLeaf as exc:
