@@ -71,10 +71,10 @@ class Net:
         **extra,
     ):
         clients = [c.account for c in self.clients] if clients is None else clients
+        extra.setdefault("round", 0)
         return make_task(
             server or self.server,
             task_id=task_id,
-            round=0,
             clients=clients,
             train_price=train_price,
             sap_price=sap_price,

@@ -19,6 +19,7 @@ chain's head, balances, nonces, settled tasks, store and supply are unchanged.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -342,8 +343,12 @@ def test_work_verifier_rejects_a_log_shorter_than_its_claim(net):
 
 def fabricate(leaves: np.ndarray, count: int) -> tuple[np.ndarray, list[int]]:
     """Replace ``count`` leaves (spread over the log) by the marginals of one fixed permutation:
-    plausible values that still sum to v(N) − v(∅), so only recomputation tells them apart."""
-    fake = GAME.marginals([0, 1, 2])  # client 2 last: its largest marginal
+    plausible values that still sum to v(N) − v(∅), so only recomputation tells them apart. The
+    permutation is the one whose marginals lie closest to the mean, so the fabricated leaves are
+    never among the most influential ones every verifier checks: only the secret samples find them."""
+    mean = leaves.mean(axis=0)
+    perms = [list(p) for p in itertools.permutations(range(3))]
+    fake = min((np.asarray(GAME.marginals(p)) for p in perms), key=lambda m: float(((m - mean) ** 2).sum()))
     wrong = [t for t in range(len(leaves)) if np.max(np.abs(leaves[t] - fake)) > 1e-2]
     bad = wrong[:: max(1, len(wrong) // count)][:count]
     out = leaves.copy()
@@ -369,11 +374,15 @@ def test_fabricated_fraction_and_fraud_proof_convergence(net, tmp_path):
     assert len(bad) == f_count
     b2 = mine(a, t2, m1, m2, leaves=leaves)
 
-    # whether a verifier catches it depends on the leaves its secret picks: 1 − C(n−4, 4)/C(n, 4)
+    # every verifier checks the samples // 2 leaves farthest from S (none fabricated here); whether
+    # it catches them depends on the other leaves its secret picks: 1 − C(n−t−4, k−t)/C(n−t, k−t)
     picks = {s: set(verifier(s, samples).indices(b2)) for s in range(300, 600)}
+    targeted = set.intersection(*picks.values())
+    assert len(targeted) >= samples // 2 and not targeted & set(bad)
     catch = [s for s, idx in picks.items() if idx & set(bad)]
     miss = [s for s in picks if s not in catch]
-    expected = 1 - math.comb(n - f_count, samples) / math.comb(n, samples)
+    t = samples // 2
+    expected = 1 - math.comb(n - t - f_count, samples - t) / math.comb(n - t, samples - t)
     assert abs(len(catch) / len(picks) - expected) < 0.1
     assert all(len(idx) == samples for idx in picks.values())
     with pytest.raises(BadLeaf) as info:
@@ -676,3 +685,18 @@ def test_equal_work_first_seen_stays_across_restarts(net, tmp_path):
         assert chain.add_block(first, now=net.NOW).status == "known"
         stale_everywhere(net, chain, [later, z])
         chain.close()
+
+
+def test_one_wild_leaf_is_checked_by_every_verifier(net):
+    """Honest work plus one leaf pushed far (its sum kept, so efficiency holds) to steer S: the leaf
+    farthest from S is among the leaves every verifier recomputes, whatever its secret."""
+    g = verified_genesis(net)
+    chain = Chain(g)
+    task = net.task("t1")
+    leaves = honest_leaves(chain.head, task, net.miners[1].account, N)
+    leaves[N // 2] += np.array([2.0, -2.0, 0.0])
+    wild = mine(chain, task, net.miners[1], net.miners[2], leaves=leaves)
+    for seed in range(20):
+        with pytest.raises(BadLeaf) as info:
+            verifier(seed, samples=2).verify(wild, g.params)
+        assert info.value.proof.index == N // 2

@@ -684,8 +684,108 @@ def test_funding_deposit_is_mined_with_the_task(env):
     assert blk.body.transactions[0] == dep
     server_before = chain.balance(net.server.account)
     accept(net, chain, blk)
-    assert chain.balance(net.server.account) == server_before + 5_000 - 900
-    assert dep.txid in chain.head_state.deposits
+    # the deposit is held in escrow (not the server's to spend); this task names no deposit,
+    # so the server pays it from its own balance
+    assert chain.balance(net.server.account) == server_before - 900
+    assert chain.head_state.escrow(dep.txid) == 5_000
+    assert chain.head_state.deposits[dep.txid] == (net.requester.account, net.server.account, 5_000)
+
+
+# --- a requester's budget: escrow and the division contract's prices -----------------------
+
+
+def budget_task(net, chain, dep, *, round=0, rounds=2, budget=None, ratio=(7, 1, 2), task_id=None, **over):
+    """Round ``round`` of the deposit ``dep``'s budget, at the contract's prices unless overridden."""
+    from fedcoin.consensus.payments import round_prices
+
+    v = dep.amount if budget is None else budget
+    train, _com, sap = round_prices(v, ratio, rounds, min(round, rounds - 1))
+    fields = {"train_price": train, "sap_price": sap, **over}
+    h = chain.height + 1
+    return net.task(
+        task_id or f"b{h}",
+        published_at=net.T0 + 1_000 * h,
+        round=round,
+        deposit=dep.txid,
+        budget=v,
+        rounds=rounds,
+        ratio=list(ratio),
+        **fields,
+    )
+
+
+def test_deposit_pays_each_round_at_the_contract_prices_from_escrow(env):
+    net, chain, _, _ = env
+    dep = make_transaction(
+        net.requester, net.server.account, 10_001, chain.nonce(net.requester.account), "deposit", "job"
+    )
+    server_before = chain.balance(net.server.account)
+    r0 = budget_task(net, chain, dep, round=0, funding=[dep])
+    assert (r0.train_price, r0.sap_price) == (3_500, 1_000)  # 7:1:2 of 10,001 = 7000/1001/2000, halved
+    b0 = net.block(chain, r0, winner=1)
+    kinds = [t.kind for t in b0.body.transactions]
+    assert kinds[:3] == ["deposit", "payout", "commission"]
+    accept(net, chain, b0)
+    assert chain.head_state.escrow(dep.txid) == 10_001 - 4_500 - 500
+    assert chain.balance(net.server.account) == server_before + 500  # ComPrice of round 0
+    r1 = budget_task(net, chain, dep, round=1)
+    assert (r1.train_price, r1.sap_price) == (
+        3_500,
+        1_000,
+    )  # ComPrice 1,001 splits 500 + 501: the last round gets the remainder
+    accept(net, chain, net.block(chain, r1, winner=2))
+    assert chain.head_state.escrow(dep.txid) == 0  # the rounds together pay exactly V
+    assert chain.balance(net.server.account) == server_before + 500 + 501
+    assert chain.head_state.total == chain.supply
+    # the same round under another task id is the same settlement, and the escrow is spent anyway
+    again = budget_task(net, chain, dep, round=1, task_id="again")
+    assert again.settlement_key == r1.settlement_key and chain.is_settled(again)
+    with pytest.raises(InvalidBlock) as info:
+        net.block(chain, budget_task(net, chain, dep, round=0, task_id="over", rounds=1, budget=10_001))
+    assert info.value.reason == "bad-transaction"  # the escrow is spent
+
+
+def test_prices_that_ignore_the_deposit_are_rejected(env):
+    net, chain, _, _ = env
+    dep = make_transaction(
+        net.requester, net.server.account, 10_000, chain.nonce(net.requester.account), "deposit", "job"
+    )
+    accept(net, chain, net.block(chain, winner=0, txs=[dep]))
+    honest = budget_task(net, chain, dep)
+    steep = budget_task(net, chain, dep, train_price=honest.train_price + 1_000)
+    reject(net, chain, net.block(chain, steep, winner=1), "bad-prices")
+    skewed = budget_task(net, chain, dep, sap_price=honest.sap_price + 500)
+    reject(net, chain, net.block(chain, skewed, winner=1), "bad-prices")
+    reject(net, chain, net.block(chain, budget_task(net, chain, dep, budget=20_000)), "bad-prices")  # not its V
+    # the prices of a 9:0:1 split, under the 7:1:2 the deposit's contract names
+    skim = budget_task(net, chain, dep, ratio=(9, 0, 1))
+    reject(
+        net, chain, net.block(chain, budget_task(net, chain, dep, train_price=skim.train_price), winner=1), "bad-prices"
+    )
+    late = budget_task(net, chain, dep, round=2)  # a third round of a two-round budget
+    reject(net, chain, net.block(chain, late, winner=1), "bad-prices")
+    accept(net, chain, net.block(chain, honest, winner=1))
+
+
+def test_deposit_for_another_server_or_unconfirmed_cannot_pay(env):
+    net, chain, _, _ = env
+    other = net.ident(41)
+    dep = make_transaction(net.requester, other.account, 10_000, chain.nonce(net.requester.account), "deposit", "job")
+    accept(net, chain, net.block(chain, winner=0, txs=[dep]))
+    # the admitted server names a deposit made out to someone else
+    reject(net, chain, net.block(chain, budget_task(net, chain, dep), winner=1), "bad-prices")
+    # a deposit the body does not carry and the branch never confirmed cannot pay
+    ghost = make_transaction(net.users[0], net.server.account, 500, 1, "deposit", "ghost")
+    funded = net.block(chain, budget_task(net, chain, ghost, funding=[ghost]), winner=1)
+    assert funded.body.transactions[0] == ghost
+    w = net.winner_of(funded)
+    reject(net, chain, net.rebody(funded, w, transactions=funded.body.transactions[1:]), "unfunded-task")
+    # escrow is no one's balance: the server cannot spend a deposit made out to it
+    mine = make_transaction(
+        net.requester, net.server.account, 1_000, chain.nonce(net.requester.account), "deposit", "x"
+    )
+    accept(net, chain, net.block(chain, winner=2, txs=[mine]))
+    assert chain.head_state.escrow(mine.txid) == 1_000
 
 
 def test_unfunded_task(env):

@@ -76,6 +76,7 @@ class Reason(enum.StrEnum):
     BAD_REWARDS = "bad-rewards"
     BAD_TRANSACTION = "bad-transaction"
     UNFUNDED_TASK = "unfunded-task"
+    BAD_PRICES = "bad-prices"
     # --- transactions -------------------------------------------------------------
     BAD_KIND = "bad-kind"
     SELF_TRANSFER = "self-transfer"
@@ -137,7 +138,10 @@ _DESCRIPTION = {
     Reason.BAD_REWARDS: "the body does not end with exactly Algorithm 3's payout and rewards, "
     "or a payout/reward/genesis transaction stands elsewhere",
     Reason.BAD_TRANSACTION: "a transaction in the body does not apply (its own reason follows)",
-    Reason.UNFUNDED_TASK: "a deposit the task embeds as funding is not confirmed on this branch",
+    Reason.UNFUNDED_TASK: "a deposit the task embeds as funding, or names as its payer, is not confirmed "
+    "on this branch",
+    Reason.BAD_PRICES: "the task's TrainPrice/SapPrice are not its round's share of the deposit's V by the "
+    "contract's ratio, or the deposit is not for this server or not of this V",
     Reason.BAD_KIND: "only transfers and deposits are submitted by users",
     Reason.SELF_TRANSFER: "sender and recipient are the same account",
     Reason.BAD_NONCE: "the nonce is not the sender's next one (already used, or out of order in a block)",

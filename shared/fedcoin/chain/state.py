@@ -9,22 +9,36 @@ every transaction moves value, none creates it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fedcoin.errors import InvalidBlock, InvalidSignature, InvalidTransaction, Reason
 
 from .blocks import Block
-from .transactions import USER_KINDS, Transaction
+from .transactions import SETTLEMENT_KINDS, USER_KINDS, Transaction
+
+
+class Deposit(NamedTuple):
+    """A confirmed deposit: who paid, for which server, how much (its escrow is the balance of the
+    account named by the deposit's txid)."""
+
+    requester: str
+    server: str
+    amount: int
 
 
 @dataclass
 class ChainState:
     balances: dict[str, int] = field(default_factory=dict)
     nonces: dict[str, int] = field(default_factory=dict)
-    settled: set[str] = field(default_factory=set)  # settlement keys (server/task_id) of settled tasks
-    deposits: set[str] = field(default_factory=set)  # txids of confirmed deposits
+    settled: set[str] = field(default_factory=set)  # settlement keys of settled tasks
+    deposits: dict[str, Deposit] = field(default_factory=dict)  # confirmed deposits by txid
 
     def copy(self) -> ChainState:
-        return ChainState(dict(self.balances), dict(self.nonces), set(self.settled), set(self.deposits))
+        return ChainState(dict(self.balances), dict(self.nonces), set(self.settled), dict(self.deposits))
+
+    def escrow(self, deposit_txid: str) -> int:
+        """What is left of a deposit's budget."""
+        return self.balance(deposit_txid)
 
     def balance(self, account: str) -> int:
         return self.balances.get(account, 0)
@@ -39,15 +53,16 @@ class ChainState:
     def apply(self, tx: Transaction, *, check_signature: bool = True) -> None:
         """Apply one transaction in place; raise InvalidTransaction (state untouched) if it cannot apply.
 
-        ``genesis`` and ``payout`` transactions are only valid where the block
-        rules place them; this method applies their value movement and nothing more.
+        ``genesis``, ``payout`` and ``commission`` transactions are only valid where the
+        block rules place them; this method applies their value movement and nothing more.
+        A ``deposit`` credits the escrow account named by its txid, not its recipient.
         """
         if tx.kind == "genesis":
             self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
             return
         if tx.sender == tx.recipient and tx.kind in USER_KINDS:
             raise InvalidTransaction(Reason.SELF_TRANSFER, "sender and recipient are the same account")
-        if tx.kind != "payout":
+        if tx.kind not in SETTLEMENT_KINDS:
             if check_signature:
                 try:
                     tx.verify_signature()
@@ -67,11 +82,12 @@ class ChainState:
         self.balances[tx.sender] = have - tx.amount
         if self.balances[tx.sender] == 0:
             del self.balances[tx.sender]
-        self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
-        if tx.kind != "payout":
+        credited = tx.txid if tx.kind == "deposit" else tx.recipient
+        self.balances[credited] = self.balance(credited) + tx.amount
+        if tx.kind not in SETTLEMENT_KINDS:
             self.nonces[tx.sender] = self.nonce(tx.sender) + 1
         if tx.kind == "deposit":
-            self.deposits.add(tx.txid)
+            self.deposits[tx.txid] = Deposit(tx.sender, tx.recipient, tx.amount)
 
 
 def apply_block(state: ChainState, block: Block, *, check_signatures: bool = True) -> ChainState:

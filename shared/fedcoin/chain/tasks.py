@@ -5,7 +5,12 @@ A task is the input of Algorithm 1: the clients whose updates W are valued
 ``aggregation`` and ``metric``, with the value of the empty coalition
 ``empty_value``), the prices SapPrice and TrainPrice, and the content hash of
 the updates and validation data together with where they are held
-(``content_uri``). ``funding`` optionally embeds the requester's deposit
+(``content_uri``). A task paid from a requester's budget names that
+``deposit`` (its txid), its ``budget`` V and the contract's ``rounds`` and
+``ratio``: consensus then requires the prices to be the round's share of V
+(:func:`fedcoin.consensus.payments.round_prices`) and pays them from the
+deposit's escrow; a task that names no deposit is paid from the server's own
+balance. ``funding`` optionally embeds the requester's deposit
 transactions that pay for the task: the block that settles the task must
 confirm them (in its body, or earlier on its branch), so a deposit and the
 first payout it funds can be mined together on an idle chain, and no payout
@@ -46,6 +51,10 @@ class ShapleyTask(LedgerModel):
     content_hash: Sha256Hex
     content_uri: str = Field(default="", max_length=512)
     funding: list[Transaction] = Field(default_factory=list, max_length=16)
+    deposit: Sha256Hex | None = Field(default=None, description="txid of the deposit whose escrow pays this task")
+    budget: int = Field(default=0, ge=0, le=MAX_AMOUNT, description="the deposit's V")
+    rounds: int = Field(default=1, ge=1, le=1000, description="rounds the deposit's budget is split over")
+    ratio: list[int] = Field(default_factory=lambda: [7, 1, 2], min_length=3, max_length=3)
     signature: str = ""
 
     @field_validator("clients")
@@ -55,6 +64,13 @@ class ShapleyTask(LedgerModel):
             check_account(c, "client")
         if len(set(v)) != len(v):
             raise ValueError("client accounts must be distinct")
+        return v
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: list[int]) -> list[int]:
+        if any(r < 0 for r in v) or sum(v) == 0 or max(v) > 10**6:
+            raise ValueError("ratio TrainPrice:ComPrice:SapPrice must be three integers in [0, 10^6], not all 0")
         return v
 
     @field_validator("funding")
@@ -74,9 +90,17 @@ class ShapleyTask(LedgerModel):
 
     @property
     def settlement_key(self) -> str:
-        """What the chain records as settled: the task id within its server's namespace, so no other
+        """What the chain records as settled: a deposit's round (each round of a budget is paid
+        once, whatever the task id), or else the task id within its server's namespace, so no other
         server (or requester choosing an id) can settle or block this server's task."""
+        if self.deposit is not None:
+            return f"{self.deposit}/r{self.round}"
         return f"{self.server}/{self.task_id}"
+
+    @property
+    def payer(self) -> str:
+        """The account the payout comes from: the deposit's escrow, or the server."""
+        return self.deposit if self.deposit is not None else self.server
 
     @property
     def task_hash(self) -> str:

@@ -14,16 +14,24 @@ Kinds:
 ``transfer``
     an ordinary payment, signed by the sender;
 ``deposit``
-    a model requester's budget V paid to the FL server; ``memo`` names the
-    training task; signed by the sender;
+    a model requester's budget V for the FL server named as ``recipient``;
+    ``memo`` names the training task; signed by the sender. V does not reach
+    the server's balance: it is held in escrow under the account whose id is
+    the deposit's txid (no key exists for it), and leaves it only by the
+    ``payout`` and ``commission`` of Shapley tasks that name the deposit, at
+    the prices the division contract fixes (:mod:`fedcoin.consensus.payments`);
 ``reward``
     the block winner paying a client its share of TrainPrice (Algorithm 3,
     line 12); signed by the winner; ``memo`` is the Shapley task id;
 ``payout``
-    the FL server paying TrainPrice + SapPrice to the block winner
-    (Algorithm 3, line 9). It carries no signature of its own and consumes no
-    nonce: it is authorised by the server's signature on the Shapley task in
-    the same block, and a task settles at most once per chain;
+    TrainPrice + SapPrice paid to the block winner (Algorithm 3, line 9), from
+    the escrow of the deposit the task names, or from the FL server's own
+    balance for a task that names none. It carries no signature of its own and
+    consumes no nonce: it is authorised by the server's signature on the
+    Shapley task in the same block, and a task settles at most once per chain;
+``commission``
+    a round's ComPrice released from a deposit's escrow to the FL server, in
+    the block that settles the round (unsigned, like ``payout``);
 ``genesis``
     an initial allocation in the genesis block, from the all-zero account.
 
@@ -50,8 +58,9 @@ MAX_AMOUNT = 2**63 - 1
 MAX_MEMO = 256
 SIGNED_KINDS = frozenset({"transfer", "deposit", "reward"})
 USER_KINDS = frozenset({"transfer", "deposit"})  # kinds accepted from users into a mempool
+SETTLEMENT_KINDS = frozenset({"payout", "commission"})  # unsigned, authorised by the task in the block
 
-TxKind = Literal["transfer", "deposit", "reward", "payout", "genesis"]
+TxKind = Literal["transfer", "deposit", "reward", "payout", "commission", "genesis"]
 _MEMO_RE = re.compile(r"[\x20-\x7e]*")
 
 

@@ -66,9 +66,9 @@ def _body(
         txs.append(tx)
     nonce = state.nonce(winner.account)
     for kind, recipient, amount in settlement_transactions(task, winner.account, s_avg):
-        if kind == "payout":
+        if kind == "payout" or kind == "commission":
             tx = Transaction(
-                sender=task.server, recipient=recipient, amount=amount, nonce=0, kind="payout", memo=task.task_id
+                sender=task.payer, recipient=recipient, amount=amount, nonce=0, kind=kind, memo=task.task_id
             )
         else:
             tx = make_transaction(winner, recipient, amount, nonce, "reward", task.task_id)

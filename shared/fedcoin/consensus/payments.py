@@ -19,10 +19,18 @@ Client rewards
     transaction. When no S_i is positive nothing is paid to clients and the
     winner keeps TrainPrice with SapPrice.
 
+Rounds
+    ``round_prices(V, ratio, rounds, r)``: a task for round ``r`` of a deposit
+    of V pays (TrainPrice, ComPrice, SapPrice) = each share of
+    ``split_budget(V, ratio)`` divided equally over the rounds, the remainder
+    in the last round, so the rounds together pay exactly V.
+
 Settlement
     ``settlement_transactions(task, winner, S̄)``: the exact transactions a
     block that settles ``task`` must end with (VerifyBlock checks them, block
-    building creates them).
+    building creates them): the payout from the task's payer (the deposit's
+    escrow, or the server), for a deposit's task the round's ComPrice released
+    to the server (``commission``), then the rewards.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from fedcoin.chain.tasks import ShapleyTask
-from fedcoin.chain.transactions import MAX_AMOUNT
+from fedcoin.chain.transactions import MAX_AMOUNT, TxKind
 from fedcoin.errors import InvalidInput
 
 DEFAULT_RATIO = (7, 1, 2)
@@ -55,6 +63,20 @@ def split_budget(budget: int, ratio: Sequence[int] = DEFAULT_RATIO) -> tuple[int
     train = budget * ratio[0] // total
     sap = budget * ratio[2] // total
     return train, budget - train - sap, sap
+
+
+def per_round(total: int, rounds: int, r: int) -> int:
+    """Equal shares per round; the remainder goes to the last round."""
+    if not isinstance(rounds, int) or rounds < 1 or not isinstance(r, int) or not 0 <= r < rounds:
+        raise InvalidInput(f"round {r!r} is not one of {rounds!r} rounds")
+    base = total // rounds
+    return base + (total - base * rounds if r == rounds - 1 else 0)
+
+
+def round_prices(budget: int, ratio: Sequence[int], rounds: int, r: int) -> tuple[int, int, int]:
+    """(TrainPrice, ComPrice, SapPrice) of round ``r`` of a budget V split by ``ratio`` over ``rounds``."""
+    train, com, sap = split_budget(budget, tuple(ratio))
+    return per_round(train, rounds, r), per_round(com, rounds, r), per_round(sap, rounds, r)
 
 
 def reward_allocation(shapley: Sequence[float], train_price: int) -> list[tuple[int, int]]:
@@ -81,16 +103,23 @@ def reward_allocation(shapley: Sequence[float], train_price: int) -> list[tuple[
     return [(i, floors[i]) for i, _ in positive if floors[i] > 0]
 
 
-def settlement_transactions(task: ShapleyTask, winner: str, s_avg: Sequence[float]) -> list[tuple[str, str, int]]:
+def settlement_transactions(task: ShapleyTask, winner: str, s_avg: Sequence[float]) -> list[tuple[TxKind, str, int]]:
     """Algorithm 3 for one block: (kind, recipient, amount) as the body must end.
 
-    First the server's payout of TrainPrice + SapPrice to the winner (when
-    positive), then the winner's rewards to the clients with S̄_i > 0, by
-    increasing client index, amounts by :func:`reward_allocation`.
+    First the payout of TrainPrice + SapPrice to the winner (when positive),
+    from ``task.payer``; for a task that names a deposit, the round's ComPrice
+    to the server (when positive); then the winner's rewards to the clients
+    with S̄_i > 0, by increasing client index, amounts by
+    :func:`reward_allocation`. The payer of ``payout`` and ``commission`` is
+    ``task.payer``; of ``reward``, the winner.
     """
-    out: list[tuple[str, str, int]] = []
+    out: list[tuple[TxKind, str, int]] = []
     if task.train_price + task.sap_price > 0:
         out.append(("payout", winner, task.train_price + task.sap_price))
+    if task.deposit is not None and task.round < task.rounds:  # (a later round is rejected by check_prices)
+        _train, com, _sap = round_prices(task.budget, task.ratio, task.rounds, task.round)
+        if com > 0:
+            out.append(("commission", task.server, com))
     for i, amount in reward_allocation(s_avg, task.train_price):
         out.append(("reward", task.clients[i], amount))
     return out

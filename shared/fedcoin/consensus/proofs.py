@@ -8,15 +8,20 @@ recomputes ``samples`` leaves of every block it is shown and compares them with
 the log (within the chain's ``work_tolerance``, which absorbs float32
 differences between CPU and GPU evaluation).
 
-Which leaves is the verifier's secret: the indices derive from
-``SHA-256(secret || block hash)``, where a node's secret is its Ed25519
-signature of the block hash (deterministic, so a restarted node samples the
-same leaves, and unpredictable to anyone without the node's key). A miner
-cannot grind a block against that randomness: re-signing with another
-timestamp gives a new hash and fresh samples at every verifier. A miner that
-fabricates a fraction f of its leaves is caught by one verifier with
-probability 1 − (1 − f)^samples and by some of V honest verifiers with
-1 − (1 − f)^(samples·V).
+Which leaves? Half of the samples (rounded down) go to the most influential
+leaves: those farthest (L2) from S_winner, ties to the lower index. A leaf
+fabricated to pull the mean far must lie far from it, so it is checked for
+sure; any fabricated leaf that escapes lies no farther from S_winner than the
+⌊samples/2⌋-th farthest leaf of the log, which bounds what each can move the
+mean, whatever the utility's range. The other half are the verifier's secret:
+drawn from the remaining leaves by ``SHA-256(secret || block hash)``, where a
+node's secret is its Ed25519 signature of the block hash (deterministic, so a
+restarted node samples the same leaves, and unpredictable to anyone without
+the node's key). A miner cannot grind a block against that randomness:
+re-signing with another timestamp gives a new hash and fresh samples at every
+verifier. A miner that fabricates a fraction f of its (non-extreme) leaves is
+caught by one verifier with probability about 1 − (1 − f)^(samples/2) and by
+some of V honest verifiers with about 1 − (1 − f)^(samples·V/2).
 
 Honest verifiers can disagree (one sampled a fabricated leaf, another did
 not), so a verifier that finds a bad leaf raises :class:`BadLeaf` carrying a
@@ -113,11 +118,23 @@ class WorkVerifier:
         self.recomputed = 0  # leaves recomputed so far (for metrics and benchmarks)
 
     def indices(self, block: Block) -> list[int]:
-        """The leaves this node checks in ``block`` (distinct, sorted)."""
+        """The leaves this node checks in ``block`` (distinct, sorted): the ⌊samples/2⌋ farthest from
+        S_winner, then secretly drawn ones."""
         n = block.header.iterations
+        k = min(self.samples, n)
+        targeted: list[int] = []
+        work = block.body.work
+        if work is not None:
+            leaves = work.leaves()
+            if leaves.shape[0] == n and leaves.shape[1] == len(block.header.s_winner):
+                dev = ((leaves - np.asarray(block.header.s_winner)) ** 2).sum(axis=1)
+                targeted = [int(i) for i in np.argsort(-dev, kind="stable")[: k // 2]]
+        chosen = set(targeted)
         secret = self._identity.sign(tagged(SAMPLE_DOMAIN, block.hash))
         rng = random.Random(hashlib.sha256(secret.encode() + block.hash.encode()).digest())
-        return sorted(rng.sample(range(n), min(self.samples, n)))
+        while len(chosen) < k:
+            chosen.add(rng.randrange(n))
+        return sorted(chosen)
 
     def trust(self, block: Block) -> None:
         """Skip recomputation for ``block`` (this node computed its work itself)."""

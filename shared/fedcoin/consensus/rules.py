@@ -16,8 +16,8 @@
 ``check_reports``      ``bad-report``, ``too-few-reports``, ``bad-average``
 ``check_posap``        ``shapley-far-from-average`` (condition 1),
                        ``shapley-far-from-local`` (condition 2, with the verifier's S̄)
-``check_settlement``   ``task-already-settled``, ``bad-rewards``, ``bad-transaction``,
-                       ``unfunded-task``
+``check_settlement``   ``task-already-settled``, ``unfunded-task``, ``bad-prices``,
+                       ``bad-rewards``, ``bad-transaction``
 =====================  =================================================================
 
 Under ``ChainParams.consensus == "paper"`` (Algorithm 2 as published, kept to
@@ -45,14 +45,14 @@ from fedcoin.chain.blocks import Block, body_merkle_root, reports_merkle_root
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import verify_signature
-from fedcoin.chain.state import ChainState, apply_block
+from fedcoin.chain.state import ChainState, Deposit, apply_block
 from fedcoin.chain.tasks import ShapleyTask
-from fedcoin.chain.transactions import USER_KINDS
+from fedcoin.chain.transactions import SETTLEMENT_KINDS, USER_KINDS
 from fedcoin.chain.work import empty_root, work_mean
 from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Reason
 
 from .difficulty import next_difficulty
-from .payments import settlement_transactions
+from .payments import round_prices, settlement_transactions
 from .posap import Report, average_reports, p_distance
 
 
@@ -265,6 +265,7 @@ def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) 
     h = block.header
     if task.settlement_key in parent_state.settled:
         raise InvalidBlock(Reason.TASK_ALREADY_SETTLED, f"task {task.task_id} was settled earlier on this chain")
+    check_prices(block, task, parent_state)
     expected = settlement_transactions(task, h.winner, h.s_avg)
     txs = block.body.transactions
     if len(txs) < len(expected):
@@ -277,15 +278,15 @@ def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) 
             raise InvalidBlock(Reason.BAD_REWARDS, f"a {tx.kind} transaction is only valid where Algorithm 3 places it")
     for k, (kind, recipient, amount) in enumerate(expected):
         tx = txs[first + k]
-        sender = task.server if kind == "payout" else h.winner
+        sender = task.payer if kind in SETTLEMENT_KINDS else h.winner
         if (tx.kind, tx.sender, tx.recipient, tx.amount, tx.memo) != (kind, sender, recipient, amount, task.task_id):
             raise InvalidBlock(
                 Reason.BAD_REWARDS,
                 f"transaction {first + k} is {tx.kind} {tx.amount} to {tx.recipient[:16]}..., "
                 f"Algorithm 3 prescribes {kind} {amount} to {recipient[:16]}...",
             )
-        if kind == "payout" and (tx.nonce != 0 or tx.signature != ""):
-            raise InvalidBlock(Reason.BAD_REWARDS, "a payout carries nonce 0 and no signature")
+        if kind in SETTLEMENT_KINDS and (tx.nonce != 0 or tx.signature != ""):
+            raise InvalidBlock(Reason.BAD_REWARDS, f"a {kind} carries nonce 0 and no signature")
     new_state = apply_block(parent_state, block)
     for tx in task.funding:
         if tx.txid not in new_state.deposits:
@@ -293,6 +294,38 @@ def check_settlement(block: Block, task: ShapleyTask, parent_state: ChainState) 
                 Reason.UNFUNDED_TASK, f"the task's deposit {tx.txid[:16]}... is not confirmed on this branch"
             )
     return new_state
+
+
+def check_prices(block: Block, task: ShapleyTask, parent_state: ChainState) -> None:
+    """A task that names a deposit is paid at the division contract's prices from that deposit, which
+    is for this task's server, of the task's V, and confirmed on this branch (or in this block)."""
+    if task.deposit is None:
+        return
+    dep = parent_state.deposits.get(task.deposit)
+    if dep is None:
+        dep = next(
+            (
+                Deposit(tx.sender, tx.recipient, tx.amount)
+                for tx in block.body.transactions
+                if tx.kind == "deposit" and tx.txid == task.deposit
+            ),
+            None,
+        )
+    if dep is None:
+        raise InvalidBlock(Reason.UNFUNDED_TASK, f"the deposit {task.deposit[:16]}... is not confirmed on this branch")
+    if dep.server != task.server or dep.amount != task.budget:
+        raise InvalidBlock(
+            Reason.BAD_PRICES, f"the deposit pays {dep.amount} to {dep.server[:16]}..., the task names its server and V"
+        )
+    if task.round >= task.rounds:
+        raise InvalidBlock(Reason.BAD_PRICES, f"round {task.round} of a {task.rounds}-round budget")
+    train, _com, sap = round_prices(task.budget, task.ratio, task.rounds, task.round)
+    if (task.train_price, task.sap_price) != (train, sap):
+        raise InvalidBlock(
+            Reason.BAD_PRICES,
+            f"TrainPrice/SapPrice {task.train_price}/{task.sap_price}, round {task.round} of V = {task.budget} "
+            f"by {':'.join(map(str, task.ratio))} over {task.rounds} rounds is {train}/{sap}",
+        )
 
 
 def verify_block(

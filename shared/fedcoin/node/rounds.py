@@ -25,6 +25,7 @@ from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.tasks import make_task
 from fedcoin.chain.transactions import Transaction
+from fedcoin.consensus.payments import round_prices
 from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
 from fedcoin.fl.content import pack_task_content, pack_weights, unpack_weights
 from fedcoin.fl.fedavg import fedavg, validate_update
@@ -42,12 +43,6 @@ Doc = dict[str, Any]
 def client_seed(task_id: str, account: str) -> int:
     """Each client's local SGD seed, distinct per client and round, reproducible from the task."""
     return int(sha256_hex(f"{task_id}/{account}".encode())[:8], 16)
-
-
-def per_round(total: int, rounds: int, r: int) -> int:
-    """Equal shares per round; the remainder goes to the last round."""
-    base = total // rounds
-    return base + (total - base * rounds if r == rounds - 1 else 0)
 
 
 class RoundTrainer:
@@ -109,13 +104,18 @@ class RoundTrainer:
         ns = [n for _, _, n in got]
         new_global = fedavg(updates, ns, shapes)
         content_hash = self.blobs.put(pack_task_content(updates, ns, X_val, y_val, current))
+        prices = round_prices(doc["budget"], doc["ratio"], doc["rounds"], r)  # the division contract's
         task = make_task(
             self.identity,
             task_id=stid,
             round=r,
             clients=[c["account"] for c, _, _ in got],
-            train_price=per_round(doc["prices"]["train"], doc["rounds"], r),
-            sap_price=per_round(doc["prices"]["sap"], doc["rounds"], r),
+            train_price=prices[0],
+            sap_price=prices[2],
+            deposit=doc["deposit_txid"],
+            budget=doc["budget"],
+            rounds=doc["rounds"],
+            ratio=list(doc["ratio"]),
             published_at=int(time.time() * 1000),
             metric=s.metric,
             empty_value=self.empty_value(current, X_val, y_val),
@@ -194,6 +194,6 @@ class Settlement:
         block = self.miners.get(f"/blocks/{height}")
         payments: dict[str, list[dict[str, Any]]] = {}
         for tx in (block or {}).get("body", {}).get("transactions", []):
-            if tx["kind"] in ("reward", "payout") and tx["memo"] == stid:
+            if tx["kind"] in ("reward", "payout", "commission") and tx["memo"] == stid:
                 payments.setdefault(tx["kind"], []).append({"to": tx["recipient"], "amount": tx["amount"]})
         return payments

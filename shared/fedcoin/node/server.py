@@ -113,6 +113,7 @@ class FLServer:
                 "requester": msg.sender,
                 "budget": req.budget,
                 "rounds": req.rounds,
+                "ratio": list(req.ratio),
                 "prices": {"train": train, "com": com, "sap": sap},
                 "deposit": dep.to_dict(),
                 "deposit_txid": dep.txid,
