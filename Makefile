@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-verify docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -39,6 +39,9 @@ simulate: $(BIN)/fedcoin ## one in-process PoSap round among 4 miners, paid by A
 
 bench: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator
 	$(BIN)/python scripts/bench_shapley.py
+
+bench-verify: $(BIN)/fedcoin ## what verifying a block's work costs on the paper's round (K = 100)
+	$(BIN)/python scripts/bench_verify.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_verify.json
 
 docs: $(BIN)/fedcoin ## re-render the README's generated sections (settings, reject reasons)
 	$(BIN)/python scripts/render_docs.py

@@ -49,23 +49,30 @@ class PoSapWorker:
         self._unpayable: set[tuple[str, str]] = set()  # (task id, head) whose settlement cannot apply
 
     def run(self, stop: threading.Event) -> None:
-        """Mine until ``stop`` is set."""
-        node = self.node
+        """Mine until ``stop`` is set; no exception ends the loop (each is logged, then a short pause)."""
         while not stop.is_set():
-            w = self._current()
-            if w is None:
-                continue
             try:
-                report = w.posap.step(node.batch)  # the expensive part, outside the lock
-            except Exception as exc:  # a broken task must not kill the miner
-                log.exception("PoSap step failed on task %s", w.task.task_id)
-                self._drop_task(w, f"{type(exc).__name__}: {exc}")
-                continue
-            node.stats["iterations"] += node.batch
-            self._guarded(self._maybe_report, w, report)
-            block = self._try_win(w)
-            if block is not None:
-                self._guarded(node.broadcast_block, block)
+                self._once()
+            except Exception:
+                log.exception("PoSap worker: unexpected failure; carrying on")
+                stop.wait(0.5)
+
+    def _once(self) -> None:
+        node = self.node
+        w = self._current()
+        if w is None:
+            return
+        try:
+            report = w.posap.step(node.batch)  # the expensive part, outside the lock
+        except Exception as exc:  # a broken task must not kill the miner
+            log.exception("PoSap step failed on task %s", w.task.task_id)
+            self._drop_task(w, f"{type(exc).__name__}: {exc}")
+            return
+        node.stats["iterations"] += node.batch
+        self._guarded(self._maybe_report, w, report)
+        block = self._try_win(w)
+        if block is not None:
+            self._guarded(node.broadcast_block, block)
 
     def _current(self) -> Work | None:
         """The work in progress, started on the oldest unsettled task if there is none; None after a wait."""
