@@ -75,6 +75,15 @@ class FraudProof(LedgerModel):
         return self.header.hash
 
 
+def fraud_key(header: BlockHeader) -> str:
+    """What a fraud proof condemns besides the block's hash: its work log on its parent and task, by
+    its winner. A re-signed copy (another timestamp, so another hash and fresh samples everywhere) of a
+    condemned log is refused at once instead of being sampled again."""
+    return hashlib.sha256(
+        tagged("fedcoin/fraud-key/v1", [header.prev_hash, header.task_hash, header.winner, header.work_root])
+    ).hexdigest()
+
+
 class BadLeaf(InvalidBlock):
     """A recomputed leaf differs from the work log; ``proof`` convinces any other node."""
 

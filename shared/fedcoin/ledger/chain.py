@@ -36,7 +36,7 @@ from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.consensus.difficulty import next_difficulty
-from fedcoin.consensus.proofs import FraudProof, WorkVerifier
+from fedcoin.consensus.proofs import FraudProof, WorkVerifier, fraud_key
 from fedcoin.consensus.rules import check_mutation, verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason, StaleBlock, StoreError
 
@@ -193,7 +193,7 @@ class Chain:
         return work > self.work
 
     def _check_condemned(self, block: Block) -> None:
-        for h in (block.hash, block.header.prev_hash):
+        for h in (block.hash, block.header.prev_hash, fraud_key(block.header)):
             if h in self._invalid:
                 raise InvalidBlock(
                     Reason.FRAUDULENT_BLOCK, f"block {h[:16]}... was condemned by a fraud proof: {self._invalid[h]}"
@@ -297,7 +297,11 @@ class Chain:
 
     # --- fraud proofs -------------------------------------------------------------------
     def is_condemned(self, block_hash: str) -> bool:
-        return block_hash in self._invalid
+        """True for a block a fraud proof condemned, or one of the same work log re-signed."""
+        if block_hash in self._invalid:
+            return True
+        block = self._index.get(block_hash)
+        return block is not None and fraud_key(block.header) in self._invalid
 
     def apply_fraud_proof(self, proof: FraudProof) -> AddResult:
         """Check ``proof`` (one leaf recomputed) and condemn its block: it and its descendants leave
@@ -316,7 +320,13 @@ class Chain:
             raise InvalidInput("fraud proof about a block on a parent this node does not know")
         self.verifier.check_proof(proof, self.params)
         why = f"leaf {proof.index} of the work log is not the marginal vector of its permutation"
-        doomed = self._index.descendants(bad)
+        key = fraud_key(proof.header)
+        doomed = [
+            d
+            for h in self._index.hashes()
+            if h == bad or fraud_key(self._index[h].header) == key
+            for d in self._index.descendants(h)
+        ]
         head = self.head
         if head in doomed:
             survivors = self._index.overlay()
@@ -325,8 +335,9 @@ class Chain:
             order = {h: i for i, h in enumerate(survivors.hashes())}
             head = max(survivors.tips(), key=lambda h: (self._work[h], -order[h]))
         if self._store is not None:
-            self._store.save([], head, condemn=bad, drop=doomed, why=why)
+            self._store.save([], head, condemn=[bad, key], drop=doomed, why=why)
         self._invalid[bad] = why
+        self._invalid[key] = why
         old_main = self._main
         removed = {h: self._index[h] for h in doomed}
         for h in doomed:

@@ -115,10 +115,17 @@ class BlockStore:
         return dict(self._conn.execute("SELECT hash, reason FROM invalid").fetchall())
 
     def save(
-        self, blocks: Sequence[Block], head: str, *, condemn: str | None = None, drop: Sequence[str] = (), why: str = ""
+        self,
+        blocks: Sequence[Block],
+        head: str,
+        *,
+        condemn: Sequence[str] = (),
+        drop: Sequence[str] = (),
+        why: str = "",
     ) -> None:
-        """Insert ``blocks`` and set the head, atomically; ``condemn`` records a block as invalid
-        and ``drop`` deletes blocks (a condemned block and its descendants) in the same transaction."""
+        """Insert ``blocks`` and set the head, atomically; ``condemn`` records keys (block hashes,
+        fraud keys) as invalid and ``drop`` deletes blocks (a condemned block and its descendants) in
+        the same transaction."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -126,8 +133,7 @@ class BlockStore:
                     "INSERT OR IGNORE INTO blocks (hash, height, prev_hash, data) VALUES (?, ?, ?, ?)",
                     [(b.hash, b.header.height, b.header.prev_hash, b.to_json()) for b in blocks],
                 )
-                if condemn is not None:
-                    self._conn.execute("INSERT OR REPLACE INTO invalid VALUES (?, ?)", (condemn, why))
+                self._conn.executemany("INSERT OR REPLACE INTO invalid VALUES (?, ?)", [(k, why) for k in condemn])
                 self._conn.executemany("DELETE FROM blocks WHERE hash = ?", [(h,) for h in drop])
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (head,))
             except BaseException:
