@@ -1,13 +1,22 @@
-"""What every FastAPI service shares: one error shape, the settings check at start, docs from settings.
+"""What every FastAPI service shares: one error shape, body-size limits, docs from settings.
 
 Every error answer, the library's and FastAPI's own (unknown route, malformed
 body), has the body ``{"error": <type>, "reason": <code>, "detail": <text>}``;
 a rejected block or transaction carries its :class:`fedcoin.errors.Reason`.
+``detail`` is cut at :data:`MAX_DETAIL` characters, so a large bad input never
+comes back as a large error.
+
+Bodies are limited per route (:class:`BodyLimit`): a request whose
+``Content-Length`` exceeds its route's limit is answered 413 before any byte of
+the body is read, and a body sent without a length is cut off with 413 as
+soon as it exceeds the limit.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,11 +49,86 @@ HTTP_REASONS = {
 }
 
 
+MAX_DETAIL = 2_000
+DEFAULT_BODY_LIMIT = 256 * 1024
+KiB, MiB = 1024, 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over its route's limit, before (or as soon as) it is read.
+
+    ``limits`` maps ``"METHOD /path"`` to bytes; other routes get ``default``."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int] | None = None, default: int = DEFAULT_BODY_LIMIT) -> None:
+        self.app = app
+        self.limits = dict(limits or {})
+        self.default = default
+
+    def limit_for(self, method: str, path: str) -> int:
+        return self.limits.get(f"{method} {path}", self.default)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _reject(send, limit)
+            return
+        seen = 0
+        started = rejected = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # answer now; the app sees the client gone and its answer is dropped
+                    rejected = True
+                    if not started:
+                        await _reject(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
+
+
+async def _reject(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {"error": "PayloadTooLarge", "reason": "too-large", "detail": f"the body exceeds this route's {limit} bytes"}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _kebab(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
 
 def error_response(status: int, error: str, reason: str, detail: str) -> JSONResponse:
+    if len(detail) > MAX_DETAIL:
+        detail = f"{detail[:MAX_DETAIL]}... ({len(detail) - MAX_DETAIL} more characters)"
     return JSONResponse(status_code=status, content={"error": error, "reason": reason, "detail": detail})
 
 
@@ -94,11 +178,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, "HTTPException", reason, str(exc.detail))
 
 
-def service_app(title: str, description: str | None, **kwargs: Any) -> FastAPI:
+def service_app(
+    title: str, description: str | None, *, body_limits: dict[str, int] | None = None, **kwargs: Any
+) -> FastAPI:
     """A FastAPI app described by ``description`` (a service's docstring, see :func:`service_doc`),
-    with the error handlers installed."""
+    with the error handlers and the body-size limits (``body_limits``, else 256 KiB) installed."""
     app = FastAPI(title=title, version=__version__, description=description or "", **kwargs)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limits=body_limits)
     return app
 
 

@@ -17,10 +17,11 @@ from fedcoin.node.miner_host import MinerHost
 from fedcoin.node.runtime import start_node
 from fedcoin.node.settings import MinerSettings, load
 
-from ..common import service_app, service_doc
+from ..common import MiB, service_app, service_doc
 
 __doc__ = service_doc(__doc__, MinerSettings)
 Json = dict[str, Any]
+BLOCK_BODY_LIMIT = 24 * MiB
 
 
 def _found(value: Json | None, what: str) -> Json:
@@ -42,7 +43,16 @@ def create_app() -> FastAPI:
         finally:
             await host.stop()
 
-    app = service_app("FedCoin miner", __doc__, lifespan=lifespan)
+    app = service_app(
+        "FedCoin miner",
+        __doc__,
+        lifespan=lifespan,
+        body_limits={
+            "POST /blocks": BLOCK_BODY_LIMIT,  # a block carries its work log: 8·K bytes per iteration
+            "POST /tasks": 32 * MiB,  # content_b64, for small tasks; larger ones name a content_uri
+            "POST /fraud-proofs": 1 * MiB,
+        },
+    )
     app.state.host = host
 
     @app.get("/health")

@@ -35,7 +35,7 @@ from .fields import LedgerModel
 from .merkle import merkle_path, merkle_root
 
 LEAF_DOMAIN = b"fedcoin/work-leaf/v1"
-MAX_WORK_BYTES = 96 * 1024 * 1024  # 12 M float64 values: 120,000 iterations of K = 100
+MAX_WORK_BYTES = 16 * 1024 * 1024  # 2 M float64 values: 20,000 iterations of K = 100 (a block fits 24 MiB)
 
 
 def leaf_hash(index: int, leaf: np.ndarray | Sequence[float]) -> str:

@@ -5,18 +5,31 @@
 shared files (:func:`fedcoin.devnet.testnet.init_testnet`). :class:`LocalNetwork`
 starts them (uvicorn processes on 127.0.0.1), waits for their health checks,
 and stops them.
+
+Lifecycle: used as a context manager, a :class:`LocalNetwork` turns SIGTERM
+and SIGHUP into an orderly exit (like Ctrl-C), so every service gets SIGTERM
+and shuts down gracefully (uvicorn runs the service's shutdown: the miner
+stops its worker and closes its SQLite files). Each service is also started
+so that the kernel sends it SIGTERM when the process that started it dies
+(Linux ``PR_SET_PDEATHSIG``), so even a parent killed with SIGKILL or crashing
+leaves no node behind holding its port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import httpx
 
@@ -120,6 +133,29 @@ def plan_network(
     return specs
 
 
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGTERM this (child) process when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getppid()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Stopped(SystemExit):
+    """Raised in the main thread when a stop signal (SIGTERM, SIGHUP) arrives."""
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(128 + signum)
+
+
 class LocalNetwork:
     """Start, watch and stop the services of :func:`plan_network` as local processes."""
 
@@ -127,6 +163,7 @@ class LocalNetwork:
         self.directory = Path(directory)
         self.specs = {s.name: s for s in specs}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._old_handlers: dict[int, Any] = {}
         (self.directory / "logs").mkdir(parents=True, exist_ok=True)
 
     def url(self, name: str) -> str:
@@ -154,7 +191,12 @@ class LocalNetwork:
         ]
         with open(self.directory / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy
             self.procs[name] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def start_all(self, order: list[str] | None = None) -> None:
@@ -202,7 +244,15 @@ class LocalNetwork:
                 time.sleep(0.3)
 
     def __enter__(self) -> LocalNetwork:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, _raise_stopped)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop_all()
+        try:
+            self.stop_all()
+        finally:
+            for sig, old in self._old_handlers.items():
+                signal.signal(sig, old)
+            self._old_handlers.clear()

@@ -41,7 +41,7 @@ from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
-from fedcoin.errors import FedcoinError, InvalidBlock, InvalidInput, Unavailable
+from fedcoin.errors import Conflict, FedcoinError, InvalidBlock, InvalidInput, Unavailable
 from fedcoin.ledger.chain import AddResult, Chain
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
@@ -53,6 +53,7 @@ from .worker import PoSapWorker, Work
 
 log = logging.getLogger("fedcoin.miner")
 MAX_EARLY_REPORTS = 64
+MAX_OPEN_TASKS = 256  # unsettled tasks a miner holds at once
 REPORT_MAX_SKEW_MS = 10 * 60 * 1000
 
 
@@ -112,6 +113,13 @@ class MinerNode:
         with self.lock:
             return self.mempool.add(tx, self.chain.head_state)
 
+    def check_origin(self, task: ShapleyTask) -> None:
+        """A task is taken (and its content fetched) only from an admitted server, signed by it."""
+        params = self.chain.params
+        if params.verified and task.server not in params.servers:
+            raise InvalidInput(f"task signed by {task.server[:16]}..., not an admitted server")
+        task.verify_signature()
+
     def wants_task(self, task: ShapleyTask) -> bool:
         """False when ``task`` is known, being delivered, or settled already (no need to fetch its content)."""
         with self.lock:
@@ -122,13 +130,18 @@ class MinerNode:
         """Accept a server-signed Shapley task with its content; False if already known (or settled)."""
         if not isinstance(task, ShapleyTask):
             raise InvalidInput("add_task needs a ShapleyTask")
-        task.verify_signature()
+        self.check_origin(task)
         if sha256_hex(content) != task.content_hash:
             raise InvalidInput("content does not match the task's content_hash")
         with self.lock:
             settled = self.chain.is_settled(task)
         if settled or not self.tasks.claim(task.task_id):  # claim() is the authoritative "known" check
             return False
+        with self.lock:
+            waiting = len(self.tasks.all()) - sum(1 for t in self.tasks.all() if self.chain.is_settled(t))
+        if waiting >= MAX_OPEN_TASKS:
+            self.tasks.release(task.task_id)
+            raise Conflict(f"{waiting} tasks are waiting to be mined here already; retry later")
         self.tasks.accept(task, content)  # builds the engine (a moment), outside the node's lock
         with self.lock:
             for tx in task.funding:
@@ -181,7 +194,7 @@ class MinerNode:
         The sampled leaves are recomputed before the node's lock is taken (the verifier remembers
         the blocks it passed); a bad leaf raises :class:`~fedcoin.consensus.proofs.BadLeaf` after
         its proof is kept and broadcast."""
-        if isinstance(block, Block) and block.body.task is not None and block.hash not in self.chain:
+        if isinstance(block, Block) and block.body.task is not None and self._may_beat_head([block]):
             self._precheck_work(block)
         with self.lock:
             local = None
@@ -199,6 +212,18 @@ class MinerNode:
             if result.status != "known":
                 self.after_head_change(result.abandoned)
             return result
+
+    def _may_beat_head(self, blocks: Sequence[Block]) -> bool:
+        """False when the new blocks of ``blocks`` (a linked run) attach to a known block and bring no more
+        work than the head's: fork choice refuses them (stale-block) without their leaves, so recomputing
+        them (and rebuilding a settled task's engine for it) is wasted."""
+        with self.lock:
+            chain = self.chain
+            new = [b for b in blocks if isinstance(b, Block) and b.hash not in chain]
+            if not new:
+                return False
+            base = chain.work_at(new[0].header.prev_hash)
+            return base is None or base + sum(chain.block_work(b) for b in new) > chain.work
 
     def _precheck_work(self, block: Block) -> None:
         verifier = self.chain.verifier
@@ -229,9 +254,10 @@ class MinerNode:
             log.exception("fraud proof broadcast failed")
 
     def add_chain(self, blocks: list[Block]) -> AddResult:
-        for b in blocks:
-            if b.body.task is not None and b.hash not in self.chain:
-                self._precheck_work(b)
+        if isinstance(blocks, Sequence) and self._may_beat_head(blocks):
+            for b in blocks:
+                if isinstance(b, Block) and b.body.task is not None and b.hash not in self.chain:
+                    self._precheck_work(b)
         with self.lock:
             result = self.chain.add_chain(blocks)
             if result.status != "known":

@@ -130,7 +130,7 @@ class MinerHost:
         body = dict(body)
         content_b64 = body.pop("content_b64", None)
         task = ShapleyTask.from_dict(body)
-        task.verify_signature()
+        self.node.check_origin(task)  # before any content is fetched from the address it names
         if not self.node.wants_task(task):
             return {"task_id": task.task_id, "status": "known"}
         if content_b64 is not None:

@@ -60,6 +60,11 @@ class TaskBook:
             self._claimed.add(task_id)
             return True
 
+    def release(self, task_id: str) -> None:
+        """Give up a claim without accepting the task."""
+        with self._lock:
+            self._claimed.discard(task_id)
+
     def accept(self, task: ShapleyTask, content: bytes) -> None:
         """Build the task's marginal function from ``content`` and persist both; the caller holds the claim.
 
