@@ -3,20 +3,33 @@ FastAPI's own 404/405/422 included, with the reject reason of a block or transac
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
+from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.errors import SettingsError
 from fedcoin.ledger.chain import Chain
+from fedcoin.valuation.games import additive_game
+from fedcoin.valuation.sampling import CoalitionGame
 
 USER = Identity.from_seed(b"U" * 32)
 SHAPE = {"error", "reason", "detail"}
+VALUES = [0.5, 0.3, 0.2]  # conftest's Net.block tiles S = S̄ = these: the additive game's marginals
+
+
+def additive_engines(device=None):
+    """The miner's engine factory in these tests: the additive game of ``VALUES`` whatever the content,
+    so the blocks conftest's ``Net.block`` builds are honest work the miner's verifier recomputes."""
+    return lambda task, content: CoalitionGame(task.n_players, additive_game(VALUES).utility).marginals
 
 
 @pytest.fixture
@@ -33,11 +46,30 @@ def node_env(tmp_path, monkeypatch, net) -> GenesisConfig:
 
 
 @pytest.fixture
-def miner(node_env) -> Iterator[TestClient]:
+def miner(node_env, monkeypatch) -> Iterator[TestClient]:
     from services.miner.app import create_app
 
+    monkeypatch.setattr("fedcoin.node.miner_host.engine_factory", additive_engines)
     with TestClient(create_app()) as client:
         yield client
+
+
+def give_task(miner: TestClient, net, task_id: str, published_at: int) -> ShapleyTask:
+    """A server-signed task delivered to the miner with its content, as the FL server does."""
+    content = f"content of {task_id}".encode()
+    task = make_task(
+        net.server,
+        task_id=task_id,
+        round=0,
+        clients=[c.account for c in net.clients],
+        train_price=700,
+        sap_price=200,
+        published_at=published_at,
+        content_hash=sha256_hex(content),
+    )
+    r = miner.post("/tasks", json={**task.to_dict(), "content_b64": base64.b64encode(content).decode()})
+    assert r.status_code == 202 and r.json()["status"] == "accepted", r.text
+    return task
 
 
 def error(r, status: int, reason: str) -> dict:
@@ -71,28 +103,43 @@ def test_library_errors_have_the_one_shape_with_their_reason(miner, net):
     forged = {**make_transaction(rich, USER.account, 5, 0).to_dict(), "amount": 6}
     error(miner.post("/transactions", json=forged), 422, "bad-signature")
     error(miner.post("/reports", json={"kind": "posap-report"}), 400, "invalid-input")
+    head = miner.get("/chain/head").json()["hash"]
+    outsider = make_report(USER, task_id="t1", prev_hash=head, shapley=[0.5, 0.3, 0.2], iterations=5)
+    error(miner.post("/reports", json=outsider.to_dict()), 400, "invalid-input")  # not an admitted miner
+    peer = make_report(net.miners[1], task_id="t1", prev_hash=head, shapley=[0.5, 0.3, 0.2], iterations=5)
+    assert miner.post("/reports", json=peer.to_dict()).status_code == 202
+    error(miner.post("/fraud-proofs", json={"index": -1}), 400, "invalid-input")
 
 
 def test_blocks_are_judged_with_their_reason_and_change_nothing(miner, net, node_env):
     head = miner.get("/chain/head").json()
+    # a block on a task the miner does not hold, whose content it cannot fetch, is refused: its work
+    # cannot be recomputed
+    unheld = net.block(Chain(node_env))
+    r = miner.post("/blocks", json=unheld.to_dict())
+    assert r.status_code >= 400 and set(r.json()) == SHAPE, r.text
+    assert miner.get("/chain/head").json() == head
+    t1 = give_task(miner, net, "t1", net.T0 + 1_000)
+    t2 = give_task(miner, net, "t2", net.T0 + 2_000)
     elsewhere = Chain(node_env)
-    good = net.block(elsewhere, timestamp=None)
+    good = net.block(elsewhere, t1)
     tampered = net.reheader(good, None, s_avg=[0.9, 0.05, 0.05])
     error(miner.post("/blocks", json=tampered.to_dict()), 422, "bad-signature")
-    rival = net.block(Chain(node_env), net.task("t1", train_price=1))
+    rival = net.block(Chain(node_env), t1, winner=1)  # the same task and work, another winner
     elsewhere.add_block(good, now=net.NOW)
-    orphan = net.block(elsewhere)
+    orphan = net.block(elsewhere, t2)
     body = error(miner.post("/blocks", json=orphan.to_dict()), 409, "orphan-block")
     assert body["error"] == "OrphanBlock"
     assert miner.get("/chain/head").json() == head
-    winner, loser = sorted([good, rival], key=lambda b: b.hash)  # equal height: the smaller hash wins
-    r = miner.post("/blocks", json=winner.to_dict())
+    # equal work: the block seen first stays the head, the other is stale
+    r = miner.post("/blocks", json=good.to_dict())
     assert r.status_code == 200 and r.json()["status"] == "extended"
-    error(miner.post("/blocks", json=loser.to_dict()), 409, "stale-block")
+    error(miner.post("/blocks", json=rival.to_dict()), 409, "stale-block")
     head = miner.get("/chain/head").json()
-    mutated = winner.model_copy(update={"body": winner.body.model_copy(update={"transactions": []})})
+    assert head["hash"] == good.hash and head["work"] == good.header.iterations
+    mutated = good.model_copy(update={"body": good.body.model_copy(update={"transactions": []})})
     error(miner.post("/blocks", json=mutated.to_dict()), 422, "bad-merkle-root")  # not 200 "known"
-    assert miner.post("/blocks", json=winner.to_dict()).json()["status"] == "known"
+    assert miner.post("/blocks", json=good.to_dict()).json()["status"] == "known"
     assert miner.get("/chain/head").json() == head
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from fedcoin.chain.blocks import Block
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.payments import reward_allocation
 from fedcoin.devnet.local import LocalNetwork, plan_network
@@ -73,7 +74,12 @@ def test_payments_follow_algorithm_3(network):
     assert sum(a for _, a in rewards) == task.train_price  # some S_i > 0, so clients get all of TrainPrice
     payout = [t for t in block.body.transactions if t.kind == "payout"]
     assert len(payout) == 1 and payout[0].amount == task.train_price + task.sap_price
-    assert payout[0].recipient == block.header.winner
+    assert payout[0].recipient == block.header.winner and payout[0].sender == doc["deposit_txid"]  # from the escrow
+    # the round's ComPrice is released from the escrow to the server; S̄ averages carried, signed reports
+    commission = [(t.sender, t.recipient, t.amount) for t in block.body.transactions if t.kind == "commission"]
+    assert commission == [(doc["deposit_txid"], task.server, 100_000)] and task.deposit == doc["deposit_txid"]
+    assert block.body.reports and all(r.miner != block.header.winner for r in block.body.reports)
+    assert block.header.iterations == len(block.body.work.leaves())
     # the deposit that funds the task is confirmed at or before the block that pays
     dep = _get(f"{net.url('miner1')}/transactions/{task.funding[0].txid if task.funding else doc['deposit_txid']}")
     assert dep["status"] == "confirmed" and dep["height"] <= block.height
@@ -90,7 +96,8 @@ def test_balances_conserved_and_paid(network):
         got = _get(f"{net.url('miner3')}/balances/{p['to']}")
         assert got["balance"] >= p["amount"] > 0
     server = _get(f"{net.url('server')}/health")["account"]
-    assert bal["balances"][server] == 1_000_000 - 700_000 - 200_000  # ComPrice stays with the server
+    assert bal["balances"][server] == 1_000_000 - 700_000 - 200_000  # ComPrice, released from the escrow
+    assert bal["balances"].get(doc["deposit_txid"], 0) == 0  # one round: the escrow paid out the whole V
 
 
 def test_down_miner_restarts_and_catches_up(network):
@@ -137,8 +144,10 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
         check(http.get(f"{m}/balances/not-an-account"))
         check(http.get(f"{m}/blocks/999999"))
         check(http.post(f"{m}/reports", json={"kind": "posap-report"}))
-        msg = SignedMessage.create(stranger, "posap-report", {"task_id": "x"})
-        check(http.post(f"{m}/reports", json={**msg.model_dump(), "payload": {"task_id": "y"}}))
+        rogue = make_report(stranger, task_id="x", prev_hash=before["hash"], shapley=[0.1, 0.9], iterations=1)
+        # a well-formed report of a key the chain does not admit as a miner is refused at the door
+        assert check(http.post(f"{m}/reports", json=rogue.to_dict())).json()["reason"] == "invalid-input"
+        check(http.post(f"{m}/fraud-proofs", json={"index": 0}))
         check(http.post(f"{m}/tasks", json={"task_id": "t"}))
         s = net.url("server")
         check(http.post(f"{s}/tasks", json={"nope": 1}))

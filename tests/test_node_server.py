@@ -9,12 +9,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from fedcoin.chain.encoding import sha256_hex
-from fedcoin.chain.genesis import GenesisConfig
+from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction, make_transaction
 from fedcoin.consensus.mining import build_block
@@ -31,6 +33,7 @@ D, C = 12, 3
 SERVER = Identity.from_seed(b"S" * 32)
 REQUESTER = Identity.from_seed(b"R" * 32)
 WINNER = Identity.from_seed(b"W" * 32)
+PEER = Identity.from_seed(b"P" * 32)  # the other admitted miner, whose report the winner's block carries
 
 
 def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +73,8 @@ class FakeClients:
 
 
 class FakeMiners:
-    """Miners that settle every Shapley task they are given on one real chain (S̄: the clients' order)."""
+    """Miners that settle every Shapley task they are given on one real chain (S = S̄: the clients'
+    order; the winner's work log repeats it, and the peer reports the same)."""
 
     def __init__(self, genesis: GenesisConfig, *, refuse_deposit: bool = False, hold: bool = False) -> None:
         self.chain = Chain(genesis)
@@ -121,13 +125,13 @@ class FakeMiners:
         self.tasks.append(task)
         if not self.hold and self._settled(task.task_id) is None:
             s = [1.0 / (i + 1) for i in range(task.n_players)]
+            report = make_report(PEER, task_id=task.task_id, prev_hash=self.chain.head, shapley=s, iterations=5)
             block = build_block(
                 self.chain,
                 task=task,
                 winner=WINNER,
-                s_winner=s,
-                s_avg=s,
-                iterations=5,
+                leaves=np.tile(s, (5, 1)),
+                reports=[report],
                 transactions=list(self.pool.values()),
             )
             self.chain.add_block(block)
@@ -172,7 +176,8 @@ def request(budget: int = 1_000_000, rounds: int = 2, task_id: str = "job", nonc
 
 @pytest.fixture
 def genesis() -> GenesisConfig:
-    return GenesisConfig(allocations={REQUESTER.account: 10_000_000})
+    params = ChainParams(servers=[SERVER.account], miners=[WINNER.account, PEER.account])
+    return GenesisConfig(params=params, allocations={REQUESTER.account: 10_000_000})
 
 
 def test_a_paid_task_runs_every_round_and_records_the_payments(tmp_path, genesis):
@@ -194,11 +199,14 @@ def test_a_paid_task_runs_every_round_and_records_the_payments(tmp_path, genesis
         expected = [{"to": task.clients[i], "amount": a} for i, a in reward_allocation(block.header.s_avg, 350_000)]
         assert res["payments"]["reward"] == expected
         assert res["payments"]["payout"] == [{"to": WINNER.account, "amount": 450_000}]
+        assert res["payments"]["commission"] == [{"to": SERVER.account, "amount": 50_000}]
+        assert task.deposit == doc["deposit_txid"] and [r.miner for r in block.body.reports] == [PEER.account]
         assert 0.0 <= res["metrics"]["accuracy"] <= 1.0
     # the deposit funded the first round's task and was confirmed in its block
     first = miners.chain.block_at(1)
     assert [t.txid for t in first.body.task.funding] == [doc["deposit_txid"]]
     assert miners.chain.block_at(2).body.task.funding == []
+    assert miners.chain.head_state.escrow(doc["deposit_txid"]) == 0  # the two rounds paid the whole budget
     model_hash, model = server.model("job")
     assert model_hash == doc["model_hash"] and sha256_hex(model) == model_hash
     assert set(unpack_weights(model)) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}

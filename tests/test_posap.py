@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.chain.encoding import tagged
+from fedcoin.chain.reports import make_report
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.payments import reward_allocation
 from fedcoin.consensus.posap import PoSapMiner, Report, average_reports, derive_permutation, p_distance
+from fedcoin.consensus.proofs import WorkVerifier
 from fedcoin.errors import InvalidInput
 from fedcoin.ledger.chain import Chain
 from fedcoin.valuation.exact import exact_shapley
@@ -349,10 +351,12 @@ def test_end_to_end_four_miners(net):
         return x - 0.4 * x * x / 4 + (0.7 if {0, 1} <= set(s) else 0.0)
 
     genesis = net.genesis(initial_difficulty=0.005)
-    chains = [Chain(genesis) for _ in range(4)]
+    # every node recomputes sampled leaves of the winner's work log on the game
+    chains = [Chain(genesis, verifier=WorkVerifier(lambda _task: CoalitionGame(3, game).marginals)) for _ in range(4)]
     d = chains[0].next_difficulty()
     task = net.task("round-1", published_at=net.T0 + 1_000)
     prev = chains[0].head
+    ts = net.T0 + 5_000
     miners = [
         PoSapMiner(
             miner=m.account,
@@ -368,9 +372,18 @@ def test_end_to_end_four_miners(net):
     for _round in range(2_000):
         for m in miners:
             m.step(3)
-        for a in miners:  # gossip: everyone hears everyone's latest report
+        for a, ident in zip(miners, net.miners, strict=True):  # gossip: everyone hears everyone's latest report
+            r = a.report()
+            signed = make_report(
+                ident,
+                task_id=task.task_id,
+                prev_hash=prev,
+                shapley=list(r.shapley),
+                iterations=r.iterations,
+                timestamp=ts,
+            )
             for b in miners:
-                b.receive(a.miner, a.report())
+                b.receive(a.miner, signed)
         ready = [m for m in miners if m.is_winner()]
         if ready:
             winner = ready[0]
@@ -384,12 +397,15 @@ def test_end_to_end_four_miners(net):
         chains[0],
         task=task,
         winner=w_ident,
-        s_winner=winner.shapley.tolist(),
-        s_avg=winner.network_average().tolist(),
-        iterations=winner.iterations,
+        leaves=winner.leaves(),
+        reports=winner.signed_reports(),
         transactions=[deposit],
-        timestamp=net.T0 + 5_000,
+        timestamp=ts,
     )
+    # the block carries the work log behind S_winner and the three other miners' signed reports behind S̄
+    assert block.header.iterations == winner.iterations and len(block.body.reports) == 3
+    assert block.header.s_winner == pytest.approx(winner.shapley.tolist(), abs=1e-12)
+    assert block.header.s_avg == pytest.approx(winner.network_average().tolist(), abs=1e-12)
     before = chains[0].balances()
     for chain, m in zip(chains, miners, strict=False):
         res = chain.add_block(block, local_avg=m.network_average().tolist(), now=net.NOW)
@@ -406,9 +422,11 @@ def test_end_to_end_four_miners(net):
         for i, c in enumerate(net.clients):
             assert bal.get(c.account, 0) == before.get(c.account, 0) + dict(alloc).get(i, 0)
         assert bal[w_ident.account] == task.train_price + task.sap_price - task.train_price
-        assert bal[net.server.account] == before[net.server.account] + 1_000 - 900
+        # the deposit is escrowed (its txid's account); the task names no deposit, so the server pays
+        assert bal[deposit.txid] == 1_000 and chain.head_state.escrow(deposit.txid) == 1_000
+        assert bal[net.server.account] == before[net.server.account] - 900
         assert sum(bal.values()) == chain.supply
-        assert chain.is_settled(task.task_id)
+        assert chain.is_settled(task)
     # a node whose local average disagrees with the winner rejects the block
     lonely = Chain(genesis)
     far = (np.array(block.header.s_winner) + 2 * d).tolist()

@@ -108,6 +108,9 @@ def shapley_seed(
         empty_value=EMPTY_VALUE,
         content_hash=chash,
         funding=[deposit],
+        deposit=deposit.txid,  # the deposit is escrowed: the task names it, and its escrow pays the round
+        budget=BUDGET,
+        rounds=1,
     )
     t1 = time.perf_counter()
     out = {
