@@ -12,7 +12,8 @@ chain's head, balances, nonces, settled tasks, store and supply are unchanged.
 2. a fabricated fraction f of the work log, and fraud-proof convergence,
 3. Sybil and inflated reports steering S̄,
 4. free blocks (non-admitted servers and miners), private forks, task-id squatting,
-5. fork choice by verified work, first seen on ties (also across restarts),
+5. fork choice by verified work, the smaller tie key on ties (also across restarts; it cannot be
+   ground by re-signing),
 6. a work-based reorg reports the blocks (and so the transactions) it abandons.
 """
 
@@ -38,7 +39,7 @@ from fedcoin.consensus.mining import build_block, seal_block
 from fedcoin.consensus.posap import PoSapMiner, derive_permutation, p_distance
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
 from fedcoin.errors import InvalidBlock, InvalidInput
-from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.chain import Chain, tie_key
 from fedcoin.valuation.games import KnownGame
 from fedcoin.valuation.sampling import CoalitionGame
 
@@ -656,13 +657,27 @@ def test_more_work_beats_more_blocks_and_reorg_reports_abandoned(net, tmp_path):
 
 
 def stale_everywhere(net, chain: Chain, blocks: Sequence[Block]) -> None:
-    """Each of ``blocks`` (equal work to the head) is refused with stale-block, alone or as a branch."""
+    """Each of ``blocks`` (equal work to the head, a larger tie key) is refused with stale-block, alone
+    or as a branch."""
     for blk in blocks:
+        assert tie_key(blk.header) > chain.tie
         rejected(net, chain, "stale-block", lambda blk=blk: chain.add_block(blk, now=net.NOW), blk)
         rejected(net, chain, "stale-block", lambda blk=blk: chain.add_chain([blk], now=net.NOW), blk)
 
 
-def test_equal_work_first_seen_stays_across_restarts(net, tmp_path):
+def resigned(view, block: Block, task: ShapleyTask, winner: Identity, leaves: np.ndarray, dt: int) -> Block:
+    """``block``'s work log and reports sealed again by its winner with the timestamp moved by ``dt``."""
+    return build_block(
+        view,
+        task=task,
+        winner=winner,
+        leaves=leaves,
+        reports=block.body.reports,
+        timestamp=block.header.timestamp + dt,
+    )
+
+
+def test_equal_work_smaller_tie_key_wins_across_restarts(net, tmp_path):
     g = verified_genesis(net)
     task = net.task("t1")
     root = View.of(Chain(g), 0)
@@ -670,20 +685,48 @@ def test_equal_work_first_seen_stays_across_restarts(net, tmp_path):
     y = mine(root, task, net.miners[1], net.miners[2], n=20)
     z = mine(root, task, net.miners[2], net.miners[3], n=20)  # a third contender, also work 20
     assert len({x.hash, y.hash, z.hash}) == 3
+    lo, mid, hi = sorted([x, y, z], key=lambda b: tie_key(b.header))
+    assert tie_key(lo.header) < tie_key(mid.header) < tie_key(hi.header)
 
-    # one node sees x first, another y first: each keeps its own, so no hash order decides
-    # (one of the two kept the smaller hash, the other the larger)
-    for first, later in ((x, y), (y, x)):
-        path = tmp_path / f"{first.hash[:8]}.db"
+    # whatever order they arrive in, every node ends on the tip of smallest tie key: a contender
+    # below the head's key replaces it (a reorg at equal work), one above is stale; restarts keep it
+    for n_order, order in enumerate(itertools.permutations([x, y, z])):
+        path = tmp_path / f"order{n_order}.db"
         chain = Chain.open(path, g, verifier=verifier())
-        accepted(net, chain, first)
-        stale_everywhere(net, chain, [later, z])
+        seen: list[Block] = []
+        for blk in order:
+            if not seen:
+                accepted(net, chain, blk)
+            elif tie_key(blk.header) < chain.tie:
+                res = accepted(net, chain, blk, status="reorg")
+                assert res.reorg_depth == 1 and res.abandoned[0].hash in {b.hash for b in seen}
+            else:
+                stale_everywhere(net, chain, [blk])
+                continue
+            seen.append(blk)
+        assert chain.head == lo.hash and chain.work == 20 and chain.tie == tie_key(lo.header)
         chain.close()
         chain = Chain.open(path, g, verifier=verifier())
-        assert chain.head == first.hash and chain.work == 20
-        assert chain.add_block(first, now=net.NOW).status == "known"
-        stale_everywhere(net, chain, [later, z])
+        assert chain.head == lo.hash and chain.work == 20 and chain.tie == tie_key(lo.header)
+        for blk in seen:  # once accepted, stored: known, and the head stays
+            assert chain.add_block(blk, now=net.NOW).status == "known" and chain.head == lo.hash
+        stale_everywhere(net, chain, [b for b in (mid, hi) if b not in seen])
         chain.close()
+
+    # the tie key cannot be ground: re-signing hi's work log with other timestamps gives new hashes
+    # (some of them below lo's) but the same tie key, and each copy is still stale
+    leaves = honest_leaves(root.head, task, hi.header.winner, 20)
+    copies = [resigned(root, hi, task, net.winner_of(hi), leaves, dt) for dt in range(1, 9)]
+    assert len({hi.hash, *(c.hash for c in copies)}) == 1 + len(copies)
+    assert all(tie_key(c.header) == tie_key(hi.header) and c.header.work_root == hi.header.work_root for c in copies)
+    assert any(c.hash < lo.hash for c in copies)  # a hash order would have let one of them win
+    chain = Chain(g, verifier=verifier())
+    accepted(net, chain, lo)
+    stale_everywhere(net, chain, copies)
+    # and lo's own re-signed copy keeps lo's key: an equal key does not beat the head either
+    lo_copy = resigned(root, lo, task, net.winner_of(lo), honest_leaves(root.head, task, lo.header.winner, 20), 1)
+    assert lo_copy.hash != lo.hash and tie_key(lo_copy.header) == chain.tie
+    rejected(net, chain, "stale-block", lambda: chain.add_block(lo_copy, now=net.NOW), lo_copy)
 
 
 def test_one_wild_leaf_is_checked_by_every_verifier(net):

@@ -264,7 +264,7 @@ def test_payments_follow_algorithm_3(testbed: ComposeTestbed, task_doc: dict, ht
         ]
         if block.hash != res["block_hash"]:
             # The server records the first block it saw settle the task; a fork resolved later
-            # (equal height, smaller hash wins) can replace it on the agreed chain.
+            # (more work, or equal work and the smaller tie key, wins) can replace it on the agreed chain.
             testbed.say(
                 f"note: {stid} settled in {block.hash[:12]} on the agreed chain; the server recorded "
                 f"{res['block_hash'][:12]} (replaced by a reorg)"

@@ -17,7 +17,7 @@ from fedcoin.chain.reports import make_report
 from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.errors import SettingsError
-from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.chain import Chain, tie_key
 from fedcoin.valuation.games import additive_game
 from fedcoin.valuation.sampling import CoalitionGame
 
@@ -125,21 +125,33 @@ def test_blocks_are_judged_with_their_reason_and_change_nothing(miner, net, node
     good = net.block(elsewhere, t1)
     tampered = net.reheader(good, None, s_avg=[0.9, 0.05, 0.05])
     error(miner.post("/blocks", json=tampered.to_dict()), 422, "bad-signature")
-    rival = net.block(Chain(node_env), t1, winner=1)  # the same task and work, another winner
+    # the same task and work, other winners: one rival below good's tie key, one above
+    rivals = sorted((net.block(Chain(node_env), t1, winner=w) for w in (1, 2, 3)), key=lambda b: tie_key(b.header))
+    below = rivals[0] if tie_key(rivals[0].header) < tie_key(good.header) else None
+    above = rivals[-1] if tie_key(rivals[-1].header) > tie_key(good.header) else None
+    assert below is not None and above is not None
     elsewhere.add_block(good, now=net.NOW)
     orphan = net.block(elsewhere, t2)
     body = error(miner.post("/blocks", json=orphan.to_dict()), 409, "orphan-block")
     assert body["error"] == "OrphanBlock"
     assert miner.get("/chain/head").json() == head
-    # equal work: the block seen first stays the head, the other is stale
+    # equal work: the block of smaller tie key wins, whichever came first; a larger one is stale
     r = miner.post("/blocks", json=good.to_dict())
     assert r.status_code == 200 and r.json()["status"] == "extended"
-    error(miner.post("/blocks", json=rival.to_dict()), 409, "stale-block")
     head = miner.get("/chain/head").json()
-    assert head["hash"] == good.hash and head["work"] == good.header.iterations
-    mutated = good.model_copy(update={"body": good.body.model_copy(update={"transactions": []})})
+    assert head["hash"] == good.hash and head["tie"] == tie_key(good.header)
+    error(miner.post("/blocks", json=above.to_dict()), 409, "stale-block")
+    assert miner.get("/chain/head").json() == head
+    r = miner.post("/blocks", json=below.to_dict())
+    assert r.status_code == 200 and r.json()["status"] == "reorg" and r.json()["reorg_depth"] == 1, r.text
+    head = miner.get("/chain/head").json()
+    assert head["hash"] == below.hash and head["work"] == below.header.iterations == good.header.iterations
+    assert head["tie"] == tie_key(below.header)
+    error(miner.post("/blocks", json=above.to_dict()), 409, "stale-block")
+    mutated = below.model_copy(update={"body": below.body.model_copy(update={"transactions": []})})
     error(miner.post("/blocks", json=mutated.to_dict()), 422, "bad-merkle-root")  # not 200 "known"
-    assert miner.post("/blocks", json=good.to_dict()).json()["status"] == "known"
+    assert miner.post("/blocks", json=below.to_dict()).json()["status"] == "known"
+    assert miner.post("/blocks", json=good.to_dict()).json()["status"] == "known"  # kept, no longer the head
     assert miner.get("/chain/head").json() == head
 
 

@@ -1,5 +1,5 @@
 """Ledger invariants (property-based): conservation, overdraft and replay
-protection, tamper detection, reorgs and fork choice by work (first seen on a tie)."""
+protection, tamper detection, reorgs and fork choice by work (smaller tie key on a tie)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.payments import reward_allocation, settlement_transactions
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
-from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.chain import Chain, tie_key
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -397,7 +397,7 @@ def test_add_chain_invalid_block_is_all_or_nothing(net):
     assert full_state(base) == full_state(builder)
 
 
-# --- fork choice: greatest work, first seen on a tie ---------------------------------------
+# --- fork choice: greatest work, smaller tie key on a tie ---------------------------------
 
 
 @settings(max_examples=20, deadline=None)
@@ -409,9 +409,10 @@ def test_add_chain_invalid_block_is_all_or_nothing(net):
     wb=st.integers(0, 3),
     iters=st.tuples(st.sampled_from([9, 10, 11]), st.sampled_from([9, 10, 11])),
 )
-def test_fork_choice_greatest_work_first_seen_on_tie(net, plan_a, plan_b, depth, wa, wb, iters):
-    """Two branches of equal height: the one of more work wins in either arrival order; at equal work
-    the one seen first stays, whichever has the smaller tip hash (a hash order can be ground)."""
+def test_fork_choice_greatest_work_smaller_tie_key_on_tie(net, plan_a, plan_b, depth, wa, wb, iters):
+    """Two branches of equal height: the one of more work wins in either arrival order, whatever the
+    tie keys; at equal work the one whose tip has the smaller tie key wins in either arrival order (the
+    other is stale when it comes second, replaced when it came first)."""
     base = Chain(net.genesis())
     extend(net, base, [[]])
     branches = []
@@ -420,10 +421,11 @@ def test_fork_choice_greatest_work_first_seen_on_tie(net, plan_a, plan_b, depth,
         extend(net, builder, [plan] + [[]] * (depth - 1), prefix=tag, winner_offset=w, iterations=it)
         branches.append(builder.main_chain()[2:])
     tips = [br[-1].hash for br in branches]
-    assert tips[0] != tips[1]
+    ties = [tie_key(br[-1].header) for br in branches]
+    assert tips[0] != tips[1] and ties[0] != ties[1]
     work = [depth * it for it in iters]
+    winner = min((0, 1), key=lambda k: (-work[k], ties[k]))  # more work, then the smaller tie key
     for order in ((0, 1), (1, 0)):
-        winner = order[0] if work[order[0]] >= work[order[1]] else order[1]
         node = fresh_replay_chain(net, base.main_chain())
         for k in order:
             try:
@@ -432,10 +434,12 @@ def test_fork_choice_greatest_work_first_seen_on_tie(net, plan_a, plan_b, depth,
                 else:
                     node.add_chain(branches[k], now=net.NOW)
             except StaleBlock:
-                assert k != winner
+                assert k != winner and k == order[1]
             else:
                 assert node.head == tips[k]
+                assert k == winner or k == order[0]
         assert node.head == tips[winner] and node.work == base.work + work[winner]
+        assert node.tie == ties[winner]
         expected = fresh_replay_chain(net, [base.genesis, base.block_at(1), *branches[winner]])
         assert full_state(node) == full_state(expected)
 

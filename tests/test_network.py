@@ -131,7 +131,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
         check(http.post(f"{m}/blocks", json={"header": {}, "body": {}}))
         tampered = {**block, "header": {**block["header"], "s_avg": [x + 1.0 for x in block["header"]["s_avg"]]}}
         r = check(http.post(f"{m}/blocks", json=tampered))
-        # a block at the head's height that loses the tie-break, or re-posting a known one
+        # re-posting a known block (the head's own: it neither wins nor loses the tie-break) is answered "known"
         r = http.post(f"{m}/blocks", json=block)
         assert r.status_code == 200 and r.json()["status"] == "known"
         stranger = Identity.generate()

@@ -22,7 +22,7 @@ from fedcoin.chain.transactions import make_transaction
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.proofs import BadLeaf
 from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Unavailable
-from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.chain import Chain, tie_key
 from fedcoin.node.blobs import BlobStore
 from fedcoin.node.docstore import DocStore
 from fedcoin.node.gossip import Gossip
@@ -149,12 +149,14 @@ def test_a_task_whose_engine_fails_is_not_kept(net, tmp_path):
 # --- two miners wired to each other, without HTTP ---------------------------------------------
 
 
-def test_two_miners_race_settle_and_free_the_engine(net, tmp_path):
+@pytest.mark.parametrize("b_step_delay", [0.02, 0.0], ids=["b-slower", "same-speed"])
+def test_two_miners_race_settle_and_free_the_engine(net, tmp_path, b_step_delay):
     genesis = net.genesis(initial_difficulty=0.05)
-    # miner b evaluates each permutation more slowly, so the two never win with the same work at the
-    # same moment: such a tie would keep each on its own (first-seen) block, and with two miners
-    # neither could then win again (a block needs a report of another miner on its parent)
-    factories = [CountingFactory(), CountingFactory(step_delay=0.02)]
+    # at the same speed the two may win with the same work at the same moment; each then holds its own
+    # block, and the other's arrives with equal work: the smaller tie key wins on both, so they converge
+    # (under "first seen stays" each would keep its own, and with two miners neither could win again:
+    # a block needs a report of another miner on its parent). A slower b makes such a tie rare.
+    factories = [CountingFactory(), CountingFactory(step_delay=b_step_delay)]
     nodes = [
         MinerNode(
             m,
@@ -168,7 +170,7 @@ def test_two_miners_race_settle_and_free_the_engine(net, tmp_path):
     ]
     a, b = nodes
     errors: list[Exception] = []
-    stale: list[Exception] = []
+    stale: list[tuple[Exception, Block]] = []
 
     def deliver(dst: MinerNode, block: Block) -> None:  # what a peer's POST /blocks and, later, its sync do
         try:
@@ -179,8 +181,12 @@ def test_two_miners_race_settle_and_free_the_engine(net, tmp_path):
                     raise
                 dst.add_chain([block])  # rejected from this node's own view only: sync adopts it without that view
         except InvalidBlock as exc:
-            # a block that brings less work than the one the receiver won with meanwhile is stale, not bad
-            (stale if exc.category == "stale" else errors).append(exc)
+            # a block that brings less work than the one the receiver won with meanwhile (or equal work
+            # and a larger tie key) is stale, not bad
+            if exc.category == "stale":
+                stale.append((exc, block))
+            else:
+                errors.append(exc)
 
     def wire(src: MinerNode, dst: MinerNode) -> None:
         src.broadcast_report = lambda report: dst.receive_report(report)
@@ -206,7 +212,12 @@ def test_two_miners_race_settle_and_free_the_engine(net, tmp_path):
     block = a.chain.head_block
     assert block.header.task_id == "round0" and block.header.iterations >= 2
     assert a.chain.work == b.chain.work == block.header.iterations
-    assert all(e.reason == "stale-block" for e in stale)  # only the block with less work lost
+    # only a block with less work, or equal work and a larger tie key, lost
+    assert all(e.reason == "stale-block" for e, _ in stale)
+    for _, lost in stale:
+        assert lost.header.iterations < block.header.iterations or (
+            lost.header.iterations == block.header.iterations and tie_key(lost.header) > tie_key(block.header)
+        )
     assert a.stats["blocks_won"] + b.stats["blocks_won"] >= 1
     # the block carries b's (or a's) signed report on the task and genesis: S̄ is not the winner's alone
     reports = block.body.reports
@@ -417,6 +428,25 @@ def test_sync_needs_no_content_for_tasks_the_node_holds(net, tmp_path):
     peers = PeerNodes({"http://ahead": MinerQueries(ahead)})
     assert asyncio.run(ChainSync(node, ["http://ahead"], peers).sync_from("http://ahead")) == "extended"
     assert node.chain.head == ahead.chain.head and peers.fetched == []
+
+
+def test_sync_at_equal_work_adopts_the_smaller_tie_key_both_ways(net, tmp_path):
+    """Two miners each hold their own block of equal work on the same task: syncing from each other,
+    the one whose head has the larger tie key switches, the other stays; both end on one head."""
+    genesis = net.genesis()
+    nodes = [MinerNode(net.miners[i], Chain(genesis), tmp_path / f"n{i}", AdditiveFactory()) for i in (2, 3)]
+    for i, node in enumerate(nodes):
+        task = held_task(net, node, 1)
+        assert node.receive_block(net.block(node.chain, task, winner=i)).status == "extended"
+    assert nodes[0].chain.work == nodes[1].chain.work and nodes[0].chain.head != nodes[1].chain.head
+    lo, hi = sorted(nodes, key=lambda n: n.chain.tie)
+    winner = lo.chain.head
+    assert MinerQueries(lo).head()["tie"] == lo.chain.tie == tie_key(lo.chain.head_block.header)
+    peers = PeerNodes({"http://lo": MinerQueries(lo), "http://hi": MinerQueries(hi)})
+    assert asyncio.run(ChainSync(lo, ["http://hi"], peers).sync_from("http://hi")) is None  # larger key: kept out
+    assert asyncio.run(ChainSync(hi, ["http://lo"], peers).sync_from("http://lo")) == "reorg"
+    assert lo.chain.head == hi.chain.head == winner and lo.chain.work == hi.chain.work
+    assert asyncio.run(ChainSync(hi, ["http://lo"], peers).sync_from("http://lo")) is None  # nothing left to do
 
 
 def test_build_block_reads_the_chain_through_its_view(net):

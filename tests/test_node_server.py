@@ -52,10 +52,11 @@ class FakeClients:
         self.data = {c.account: data(60, i) for i, c in enumerate(self.idents)}
         self.calls: list[str] = []
         self.forge: set[str] = set()  # accounts whose receipt will not match their update
+        self.poison: set[str] = set()  # accounts whose update holds NaN weights (the receipt matches it)
 
     def register(self) -> None:
-        for c in self.idents:
-            reg = ClientRegistration(url=f"http://client-{c.account[:6]}", n_samples=60, client_type=0)
+        for i, c in enumerate(self.idents):
+            reg = ClientRegistration(url=f"http://127.0.0.1:{9000 + i}", n_samples=60, client_type=0)
             self.server.register_client(reg.sign(c))
 
     def train(self, url: str, order: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +67,8 @@ class FakeClients:
         assert blob is not None and f"/blobs/{o.global_hash}" in o.global_uri
         X, y = self.data[o.client]
         w, n = local_train(unpack_weights(blob), X, y, o.iterations, o.batch_size, o.lr, o.seed)
+        if o.client in self.poison:
+            w = {k: torch.full_like(v, float("nan")) for k, v in w.items()}
         update = pack_weights(w)
         claimed = sha256_hex(b"another update") if o.client in self.forge else sha256_hex(update)
         receipt = UpdateReceipt(task_id=o.task_id, round=o.round, n_samples=n, update_hash=claimed)
@@ -155,7 +158,9 @@ def settings(tmp_path: Path, genesis: GenesisConfig, **kw: Any) -> ServerSetting
     return load(ServerSettings, **{**base, **kw})
 
 
-def make_server(tmp_path: Path, miners: FakeMiners, n_clients: int = 3, **kw: Any) -> tuple[FLServer, FakeClients]:
+def make_server(
+    tmp_path: Path, miners: FakeMiners, n_clients: int = 3, *, register: bool = True, **kw: Any
+) -> tuple[FLServer, FakeClients]:
     genesis = miners.chain.genesis_config
     holder: dict[str, FakeClients] = {}
 
@@ -165,7 +170,8 @@ def make_server(tmp_path: Path, miners: FakeMiners, n_clients: int = 3, **kw: An
 
     server = FLServer(SERVER, settings(tmp_path, genesis, **kw), miners, Gate(), validation=lambda: data(50, 99))
     holder["c"] = FakeClients(server, n_clients)
-    holder["c"].register()
+    if register:
+        holder["c"].register()
     return server, holder["c"]
 
 
@@ -220,6 +226,44 @@ def test_a_client_whose_receipt_lies_is_left_out_of_the_round(tmp_path, genesis)
     server.process(server.submit(request(rounds=1)), threading.Event())
     res = server.task("job")["round_results"][0]
     assert liar not in res["clients"] and len(res["clients"]) == 2
+    assert [d["client"] for d in res["dropped"]] == [liar] and "receipt" in res["dropped"][0]["reason"]
+
+
+def test_a_nan_update_is_dropped_and_the_round_goes_on(tmp_path, genesis):
+    miners = FakeMiners(genesis)
+    server, clients = make_server(tmp_path, miners)
+    bad = clients.idents[0].account
+    clients.poison.add(bad)
+    server.process(server.submit(request(rounds=1)), threading.Event())
+    doc = server.task("job")
+    assert doc["status"] == "done"
+    res = doc["round_results"][0]
+    assert bad not in res["clients"] and len(res["clients"]) == 2  # paid nothing for this round
+    assert all(p["to"] != bad for p in res["payments"].get("reward", []))
+    assert [d["client"] for d in res["dropped"]] == [bad] and "NaN" in res["dropped"][0]["reason"]
+
+
+def test_client_registrations_need_an_allowed_address_and_are_bounded(tmp_path, genesis):
+    server, _ = make_server(
+        tmp_path, FakeMiners(genesis), register=False, client_networks="10.0.0.0/8,trusted.example", max_clients=4
+    )
+    before = server.registered_clients()
+    assert [c["url"] for c in before] == []  # the fake clients' loopback addresses are not allowed here
+    stranger = Identity.from_seed(b"Z" * 32)
+    for url in ("http://127.0.0.1:9000", "http://169.254.169.254/latest", "http://evil.example:80", "ftp://10.0.0.1"):
+        with pytest.raises(InvalidInput):
+            server.register_client(ClientRegistration(url=url, n_samples=1, client_type=0).sign(stranger))
+    assert server.registered_clients() == before
+    ok = ["http://10.1.2.3:8002", "http://trusted.example:8002", "https://10.200.0.9"]
+    idents = [Identity.from_seed(bytes([0x60 + i]) * 32) for i in range(5)]
+    for ident, url in zip(idents, [*ok, "http://10.0.0.7"], strict=False):
+        server.register_client(ClientRegistration(url=url, n_samples=1, client_type=0).sign(ident))
+    assert len(server.registered_clients()) == 4
+    with pytest.raises(Conflict):  # a fifth account: the server keeps 4
+        server.register_client(ClientRegistration(url="http://10.0.0.8", n_samples=1, client_type=0).sign(idents[4]))
+    # a registered client may update its own registration
+    server.register_client(ClientRegistration(url="http://10.9.9.9", n_samples=2, client_type=1).sign(idents[0]))
+    assert len(server.registered_clients()) == 4
 
 
 def test_a_restarted_server_resumes_the_pending_round_without_retraining(tmp_path, genesis):

@@ -21,7 +21,7 @@ from fedcoin.consensus.mining import build_block, seal_block
 from fedcoin.consensus.proofs import FraudProof, WorkVerifier
 from fedcoin.consensus.rules import verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
-from fedcoin.ledger.chain import Chain
+from fedcoin.ledger.chain import Chain, tie_key
 
 
 def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
@@ -582,31 +582,82 @@ def test_payout_carries_no_signature(env):
 # --- condition 3: stale blocks ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("first", ["smaller-hash", "larger-hash"])
-def test_stale_block_equal_work_first_seen_stays(env, first):
-    net, chain, good, _ = env
-    rival = net.block(chain, winner=2)
-    assert rival.header.iterations == good.header.iterations  # equal work
-    small, large = sorted([good, rival], key=lambda b: b.hash)
-    seen, late = (small, large) if first == "smaller-hash" else (large, small)
-    accept(net, chain, seen)
-    err = reject(net, chain, late, "stale-block")  # whatever the hash order
-    assert isinstance(err, StaleBlock)
-    assert chain.head == seen.hash
-    with pytest.raises(StaleBlock):
-        chain.add_chain([late], now=net.NOW)
+def equal_work_rivals(net, chain: Chain, good):
+    """``good`` and rivals of equal work at its height (other winners), sorted by tie key."""
+    rivals = [good, *(net.block(chain, winner=w) for w in (0, 2, 3))]
+    assert all(b.header.iterations == good.header.iterations for b in rivals)  # equal work
+    assert len({tie_key(b.header) for b in rivals}) == len(rivals)
+    return sorted(rivals, key=lambda b: tie_key(b.header))
 
 
-def test_more_work_at_equal_height_wins(env):
+@pytest.mark.parametrize("first", ["smaller-key", "larger-key"])
+def test_stale_block_equal_work_smaller_tie_key_wins(env, first):
     net, chain, good, _ = env
-    heavier = net.block(chain, winner=2, iterations=11)
-    lighter = net.block(chain, winner=3, iterations=9)
+    small, large, later = equal_work_rivals(net, chain, good)[:3]
+    if first == "smaller-key":
+        accept(net, chain, small)
+    else:
+        accept(net, chain, large)
+        res = chain.add_block(small, now=net.NOW)  # equal work, smaller key: it takes over
+        assert res.status == "reorg" and res.reorg_depth == 1 and res.abandoned == (large,)
+        assert chain.store.head == small.hash
+    assert chain.head == small.hash and chain.tie == tie_key(small.header)
+    assert chain.is_settled(small.body.task)
+    if first == "smaller-key":
+        err = reject(net, chain, large, "stale-block")  # whatever the hash order
+        assert isinstance(err, StaleBlock)
+        with pytest.raises(StaleBlock):
+            chain.add_chain([large], now=net.NOW)
+    else:
+        assert chain.add_block(large, now=net.NOW).status == "known" and chain.head == small.hash
+    reject(net, chain, later, "stale-block")  # a later rival above the head's key, in either order
+    assert chain.head == small.hash
+
+
+def test_stale_block_equal_work_larger_tie_key_after_head(env):
+    """Every later equal-work block whose key is above the head's is stale, whatever its hash."""
+    net, chain, good, _ = env
+    ranked = equal_work_rivals(net, chain, good)
+    accept(net, chain, ranked[0])
+    for late in ranked[1:]:
+        assert tie_key(late.header) > chain.tie
+        reject(net, chain, late, "stale-block")
+        with pytest.raises(StaleBlock):
+            chain.add_chain([late], now=net.NOW)
+    assert chain.head == ranked[0].hash
+
+
+def test_resigning_with_another_timestamp_keeps_the_tie_key(env):
+    """The producer cannot grind the tie key: another timestamp changes the block's hash, not its key."""
+    net, chain, good, _ = env
+    small, large = equal_work_rivals(net, chain, good)[:2]
+    accept(net, chain, small)
+    w = net.winner_of(large)
+    for dt in (1, 2, 3, 50):
+        again = net.reheader(large, w, timestamp=large.header.timestamp + dt)
+        assert again.hash != large.hash and tie_key(again.header) == tie_key(large.header)
+        reject(net, chain, again, "stale-block")
+    assert chain.head == small.hash
+
+
+@pytest.mark.parametrize("heavier_key", ["smaller", "larger"])
+def test_more_work_at_equal_height_wins(env, heavier_key):
+    """More work beats the head whatever the tie keys; less work is stale whatever the tie keys."""
+    net, chain, good, _ = env
+    heavy = [net.block(chain, winner=w, iterations=11) for w in (0, 2, 3)]
+    light = [net.block(chain, winner=w, iterations=9) for w in (0, 2, 3)]
+    key = tie_key(good.header)
+    pick = (lambda b: tie_key(b.header) < key) if heavier_key == "smaller" else (lambda b: tie_key(b.header) > key)
+    heavier = next(b for b in heavy if pick(b))
     accept(net, chain, good)
     work = chain.work
-    reject(net, chain, lighter, "stale-block")
+    for lighter in light:  # below and above the head's key alike
+        reject(net, chain, lighter, "stale-block")
+    assert any(tie_key(b.header) < key for b in light) and any(tie_key(b.header) > key for b in light)
     res = chain.add_block(heavier, now=net.NOW)
     assert res.status == "reorg" and res.reorg_depth == 1 and res.abandoned == (good,)
     assert chain.head == heavier.hash and chain.height == 4 and chain.work == work + 1
+    assert chain.tie == tie_key(heavier.header)
     assert chain.is_settled(heavier.body.task)
     assert chain.nonce(net.users[0].account) == 1  # the transfer pending in `good` left with it
 

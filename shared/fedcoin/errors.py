@@ -198,6 +198,17 @@ class Rejected(FedcoinError):
     def category(self) -> Category:
         return self.reason.category
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle as (class, reason, message), whatever the subclass's constructor takes, so a rejection
+        raised in a worker process arrives whole in its parent."""
+        return (_rebuild, (type(self), self.reason, self.message))
+
+
+def _rebuild(cls: type[Rejected], reason: Reason, message: str) -> Rejected:
+    obj = cls.__new__(cls)
+    Rejected.__init__(obj, reason, message)
+    return obj
+
 
 class InvalidTransaction(Rejected):
     """A transaction is malformed or not applicable to the current state."""

@@ -91,6 +91,9 @@ class BadLeaf(InvalidBlock):
         super().__init__(Reason.BAD_LEAF, message)
         self.proof = proof
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BadLeaf, (self.proof, self.message))
+
 
 def leaf_error(header: BlockHeader, task: ShapleyTask, index: int, leaf: np.ndarray, marginals: MarginalFn) -> float:
     """The largest |recomputed − logged| value of leaf ``index``."""
@@ -156,7 +159,7 @@ class WorkVerifier:
 
     def verify(self, block: Block, params: ChainParams) -> None:
         """Recompute the sampled leaves; raise :class:`BadLeaf` with a fraud proof on the first bad one."""
-        if not params.verified or block.hash in self._passed:
+        if not params.verified or block.hash in self._passed or self.samples == 0:
             return
         task, work = block.body.task, block.body.work
         if task is None or work is None:

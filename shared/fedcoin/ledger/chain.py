@@ -3,12 +3,17 @@
 Fork choice by verified work: a branch's work is the sum of its blocks'
 ``iterations`` (each one a leaf of a work log the chain checked; under
 ``consensus = "paper"`` every block counts 1, so work is height, as in
-Algorithm 2's condition 3). The head is the tip of greatest work; a block or
-branch is accepted only if its work is strictly greater than the head's
-(``stale-block`` otherwise; ``orphan-block`` when its parent is unknown), so
-at equal work the branch seen first stays: a tie-break its producer cannot
-grind (a hash order can be ground by re-signing), kept across restarts since
-the stored head is the one seen first.
+Algorithm 2's condition 3). The head is the tip of greatest work; at equal
+work, the tip of smaller :func:`tie_key`, a hash of the tip's parent, task,
+winner and work root. Its producer cannot grind it: an honest work log of N
+leaves is fixed by (parent, task, winner) (a block hash can be ground by
+re-signing with another timestamp; this key cannot), and a fabricated one is
+caught. Being deterministic, it makes every node that knows the same blocks
+pick the same head, so two halves of a network split on equal work converge
+(with "first seen stays" they could wait on each other forever: a block needs
+reports of other miners on its own parent). A block or branch is accepted
+only if it beats the head (``stale-block`` otherwise; ``orphan-block`` when
+its parent is unknown).
 
 Every block is checked by :func:`fedcoin.consensus.rules.verify_block` and then,
 with a :class:`~fedcoin.consensus.proofs.WorkVerifier`, by recomputing sampled
@@ -16,11 +21,10 @@ leaves of its work log. A fraud proof (:meth:`Chain.apply_fraud_proof`)
 condemns a block for good (persisted): it and its descendants leave the index
 and the store, the head moves to the best remaining tip, and the block and
 anything built on it are refused with ``fraudulent-block`` from then on.
-catching up on a longer fork goes through :meth:`Chain.add_chain`, which
+Catching up on a heavier fork goes through :meth:`Chain.add_chain`, which
 validates a whole branch and switches to it atomically if its tip beats the
 head. A switch re-derives the balances by replaying the new branch
-(:mod:`fedcoin.chain.state`). Every block is checked by
-:func:`fedcoin.consensus.rules.verify_block`.
+(:mod:`fedcoin.chain.state`).
 
 A call that raises leaves the chain, its store and its head unchanged.
 """
@@ -31,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcoin.chain.blocks import Block
+from fedcoin.chain.blocks import Block, BlockHeader
+from fedcoin.chain.encoding import sha256_hex, tagged
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.chain.tasks import ShapleyTask
@@ -42,6 +47,11 @@ from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, Reason, Stal
 
 from .index import BlockIndex
 from .store import BlockStore
+
+
+def tie_key(header: BlockHeader) -> str:
+    """Fork choice among tips of equal work: the smaller key wins."""
+    return sha256_hex(tagged("fedcoin/tie/v1", [header.prev_hash, header.task_hash, header.winner, header.work_root]))
 
 
 @dataclass(frozen=True)
@@ -189,8 +199,15 @@ class Chain:
             check_mutation(block)
         return True
 
-    def _beats_head(self, work: int) -> bool:
-        return work > self.work
+    def _beats_head(self, work: int, tip: Block) -> bool:
+        if work != self.work:
+            return work > self.work
+        return tie_key(tip.header) < tie_key(self.head_block.header)
+
+    @property
+    def tie(self) -> str:
+        """The head's tie key (what an equal-work rival must be below)."""
+        return tie_key(self.head_block.header)
 
     def _check_condemned(self, block: Block) -> None:
         for h in (block.hash, block.header.prev_hash, fraud_key(block.header)):
@@ -223,10 +240,10 @@ class Chain:
             now=now,
         )
         work = self._work[parent.hash] + self.block_work(block)
-        if not self._beats_head(work):
+        if not self._beats_head(work, block):
             raise StaleBlock(
                 f"block at height {block.header.height} brings its branch to work {work}, "
-                f"the head's is {self.work} (height {self.height})"
+                f"the head's is {self.work} (height {self.height}; equal work: the smaller tie key wins)"
             )
         self._verify_work(block)
         return state
@@ -255,8 +272,11 @@ class Chain:
                 f"parent {new[0].header.prev_hash[:16]}... of block at height {new[0].header.height} is unknown"
             )
         work = self._work[parent.hash] + sum(self.block_work(b) for b in new)
-        if not self._beats_head(work):
-            raise StaleBlock(f"branch tip at height {new[-1].header.height} has work {work}, the head's is {self.work}")
+        if not self._beats_head(work, new[-1]):
+            raise StaleBlock(
+                f"branch tip at height {new[-1].header.height} has work {work}, the head's is {self.work} "
+                "(equal work: the smaller tie key wins)"
+            )
         overlay = self._index.overlay()
         state = self._index.state_at(parent.hash)
         prev = parent
@@ -305,8 +325,8 @@ class Chain:
 
     def apply_fraud_proof(self, proof: FraudProof) -> AddResult:
         """Check ``proof`` (one leaf recomputed) and condemn its block: it and its descendants leave
-        the index and the store, and the head moves to the best remaining tip (greatest work, first
-        seen on a tie). Raises InvalidInput for a proof that does not hold; changes nothing then."""
+        the index and the store, and the head moves to the best remaining tip (greatest work, smaller
+        tie key on a tie). Raises InvalidInput for a proof that does not hold; changes nothing then."""
         if not isinstance(proof, FraudProof):
             raise InvalidInput("apply_fraud_proof needs a FraudProof")
         if self.verifier is None:
@@ -332,8 +352,10 @@ class Chain:
             survivors = self._index.overlay()
             for h in doomed:
                 survivors.remove(h)
-            order = {h: i for i, h in enumerate(survivors.hashes())}
-            head = max(survivors.tips(), key=lambda h: (self._work[h], -order[h]))
+            best = max(self._work[h] for h in survivors.tips())
+            head = min(
+                (h for h in survivors.tips() if self._work[h] == best), key=lambda h: tie_key(self._index[h].header)
+            )
         if self._store is not None:
             self._store.save([], head, condemn=[bad, key], drop=doomed, why=why)
         self._invalid[bad] = why

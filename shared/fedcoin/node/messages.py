@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.encoding import tagged
-from fedcoin.chain.fields import AccountId, FiniteFloat, LedgerModel, Sha256Hex, TaskId
+from fedcoin.chain.fields import AccountId, LedgerModel, Sha256Hex, TaskId
 from fedcoin.chain.identity import Identity, verify_signature
 from fedcoin.chain.transactions import MAX_AMOUNT, Transaction
 from fedcoin.errors import InvalidInput, InvalidSignature
@@ -147,14 +147,3 @@ class UpdateReceipt(Payload):
     round: int = Field(ge=0)
     n_samples: int = Field(ge=1)
     update_hash: Sha256Hex
-
-
-class PoSapReport(Payload):
-    """Miner → miners: its running S after ``iterations`` iterations on ``task_id``,
-    from the head ``prev_hash`` (Algorithm 1, line 13)."""
-
-    KIND: ClassVar[str] = "posap-report"
-    task_id: TaskId
-    prev_hash: Sha256Hex
-    shapley: list[FiniteFloat] = Field(max_length=4096)
-    iterations: int = Field(ge=0, le=MAX_AMOUNT)

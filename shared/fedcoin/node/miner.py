@@ -42,7 +42,7 @@ from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
 from fedcoin.errors import Conflict, FedcoinError, InvalidBlock, InvalidInput, Unavailable
-from fedcoin.ledger.chain import AddResult, Chain
+from fedcoin.ledger.chain import AddResult, Chain, tie_key
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
 
@@ -214,7 +214,7 @@ class MinerNode:
             return result
 
     def _may_beat_head(self, blocks: Sequence[Block]) -> bool:
-        """False when the new blocks of ``blocks`` (a linked run) attach to a known block and bring no more
+        """False when the new blocks of ``blocks`` (a linked run) attach to a known block and bring less
         work than the head's: fork choice refuses them (stale-block) without their leaves, so recomputing
         them (and rebuilding a settled task's engine for it) is wasted."""
         with self.lock:
@@ -223,7 +223,10 @@ class MinerNode:
             if not new:
                 return False
             base = chain.work_at(new[0].header.prev_hash)
-            return base is None or base + sum(chain.block_work(b) for b in new) > chain.work
+            if base is None:
+                return True
+            work = base + sum(chain.block_work(b) for b in new)
+            return work > chain.work or (work == chain.work and tie_key(new[-1].header) < chain.tie)
 
     def _precheck_work(self, block: Block) -> None:
         verifier = self.chain.verifier

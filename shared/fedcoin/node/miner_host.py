@@ -102,8 +102,9 @@ class MinerHost:
 
     async def deliver_block(self, body: dict[str, Any]) -> dict[str, Any]:
         block = Block.from_dict(body)
-        if block.body.task is not None and block.hash not in self.node.chain:
-            await self.fetch_task(block.body.task)
+        chain = self.node.chain
+        if block.body.task is not None and block.hash not in chain and block.header.prev_hash in chain:
+            await self.fetch_task(block.body.task)  # (an orphan is answered as one, without a fetch)
         try:
             result = await asyncio.to_thread(self.node.receive_block, block)
         except OrphanBlock:

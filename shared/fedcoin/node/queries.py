@@ -55,6 +55,7 @@ class MinerQueries:
                 "height": b.height,
                 "hash": b.hash,
                 "work": self.chain.work,
+                "tie": self.chain.tie,
                 "timestamp": b.header.timestamp,
                 "difficulty": b.header.difficulty,
                 "next_difficulty": self.chain.next_difficulty(),

@@ -1,9 +1,11 @@
-"""The model requester: creates training tasks with a budget V, pays V to the FL server as an
-on-chain deposit, follows its tasks and fetches the final models.
+"""The model requester: creates training tasks with a budget V, pays V for the FL server as an
+on-chain deposit (held in escrow), follows its tasks and fetches the final models.
 
 A task is written to the requester's SQLite file, with the nonce its deposit
-uses, before anything leaves the node; the deposit is then sent to the miners
-and the signed training request to the server.
+uses, before anything leaves the node; the signed training request (carrying
+the deposit) then goes to the server, and only once the server has accepted
+it is the deposit sent to the miners. A refused request leaves no deposit
+pending anywhere and frees its nonce.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class Requester:
         raise Unavailable("no miner reachable")
 
     async def create_task(self, spec: NewTask) -> dict[str, Any]:
-        """Sign a deposit of V to the server and submit the training request."""
+        """Sign a deposit of V for the server and submit the training request; the deposit is sent to the
+        miners only once the server accepted the request (a refused request leaves nothing pending)."""
         async with self._lock:
             info = await self.transport.get_json(f"{self.server_url}/info")
             if info is None:
@@ -95,18 +98,25 @@ class Requester:
             }
             self.docs.put("tasks", task_id, doc)  # persisted before anything leaves this node
             self.docs.put("meta", "nonce", {"next": nonce + 1})
-        for m in self.miners:
-            await self.transport.post_json(f"{m}/transactions", deposit.to_dict(), retries=0)
         try:
             r = await self.transport.client.post(f"{self.server_url}/tasks", json=msg.model_dump(), timeout=30)
         except httpx.HTTPError as exc:
             raise Unavailable(f"the FL server did not answer the training request: {exc}") from exc
-        if 400 <= r.status_code < 500:
+        if 400 <= r.status_code < 500:  # refused: the deposit never leaves this node, its nonce is free again
+            async with self._lock:
+                doc.update(status="refused", refusal=r.text[:500])
+                self.docs.put("tasks", task_id, doc)
+                if (self.docs.get("meta", "nonce") or {}).get("next") == nonce + 1:
+                    self.docs.put("meta", "nonce", {"next": nonce})
             raise Conflict(f"server refused the task: {r.text[:500]}")
         if r.status_code >= 500:
             raise Unavailable(f"server failed on the task (HTTP {r.status_code}): {r.text[:200]}")
         doc["submitted"] = True
         self.docs.put("tasks", task_id, doc)
+        # only now, with the server's acceptance, does the deposit go to the miners (the server also
+        # sends it when it finds none of them knows it)
+        for m in self.miners:
+            await self.transport.post_json(f"{m}/transactions", deposit.to_dict(), retries=0)
         return {"task_id": task_id, "deposit_txid": deposit.txid, "server": r.json().get("status")}
 
     async def submit_default(self, spec: NewTask, retry: float = 2.0) -> None:

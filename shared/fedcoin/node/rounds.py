@@ -60,8 +60,8 @@ class RoundTrainer:
         self.blobs = blobs
         self.validation = validation
 
-    def _train_client(self, client: Doc, order: TrainOrder) -> tuple[Doc, Update, int] | None:
-        """One client's update for ``order``; None (and a log line) when it fails or does not verify."""
+    def _train_client(self, client: Doc, order: TrainOrder) -> tuple[Doc, Update, int] | str:
+        """One client's update for ``order``, or why there is none (it failed or does not verify)."""
         msg = order.sign(self.identity)
         try:
             body = self.clients.train(client["url"], msg.model_dump())
@@ -76,7 +76,7 @@ class RoundTrainer:
             return client, unpack_weights(blob), receipt.n_samples
         except (FedcoinError, ValueError, KeyError, TypeError) as exc:
             log.warning("client %s failed: %s", client["account"][:12], exc)
-            return None
+            return f"{type(exc).__name__}: {exc}"[:500]
 
     def train(self, doc: Doc, r: int, current: Update, clients: list[Doc], deposit_confirmed: bool) -> Doc:
         """Train round ``r`` of ``doc`` with ``clients``, aggregate, sign its Shapley task; the pending round."""
@@ -92,14 +92,24 @@ class RoundTrainer:
             "batch_size": s.batch_size,
             "lr": s.lr,
         }
+        shapes = weight_shapes(current)
+        got: list[tuple[Doc, Update, int]] = []
+        dropped: list[Doc] = []  # a client without a valid update gets nothing this round; the reason is kept
         with ThreadPoolExecutor(max_workers=8) as pool:
             orders = [TrainOrder(client=c["account"], seed=client_seed(stid, c["account"]), **base) for c in clients]
-            got = [x for x in pool.map(self._train_client, clients, orders) if x is not None]
+            for c, res in zip(clients, pool.map(self._train_client, clients, orders), strict=True):
+                if isinstance(res, str):
+                    dropped.append({"client": c["account"], "reason": res})
+                    continue
+                try:
+                    validate_update(res[1], shapes)
+                except FedcoinError as exc:
+                    log.warning("client %s: update dropped: %s", c["account"][:12], exc)
+                    dropped.append({"client": c["account"], "reason": f"{type(exc).__name__}: {exc}"[:500]})
+                    continue
+                got.append(res)
         if not got:
-            raise Unavailable(f"round {r}: no client returned a valid update")
-        shapes = weight_shapes(current)
-        for _, u, _n in got:
-            validate_update(u, shapes)
+            raise Unavailable(f"round {r}: no client returned a valid update ({len(dropped)} dropped)")
         updates = [u for _, u, _ in got]
         ns = [n for _, _, n in got]
         new_global = fedavg(updates, ns, shapes)
@@ -129,6 +139,7 @@ class RoundTrainer:
             "new_global_hash": self.blobs.put(pack_weights(new_global)),
             "metrics": evaluate(new_global, X_val, y_val),
             "n_samples": ns,
+            "dropped": dropped,
         }
         log.info("round %d: %d updates aggregated, Shapley task %s published", r, len(got), stid)
         return pending

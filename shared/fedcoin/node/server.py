@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -80,11 +81,19 @@ class FLServer:
 
     # --- requests ------------------------------------------------------------------
     def register_client(self, msg: SignedMessage) -> Doc:
+        """A client's registration, signed with its own key, at an address the operator allows
+        (``FEDCOIN_CLIENT_NETWORKS``); at most ``FEDCOIN_MAX_CLIENTS`` are kept."""
         reg = ClientRegistration.open(msg)
-        if not reg.url.startswith(("http://", "https://")):
-            raise InvalidInput("client url must be http(s)")
+        url = urlsplit(reg.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise InvalidInput("client url must be http(s)://host[:port]")
+        if not self.settings.allows_client_host(url.hostname):
+            raise InvalidInput(f"client host {url.hostname!r} is not in this server's FEDCOIN_CLIENT_NETWORKS")
         doc = {"account": msg.sender, **reg.model_dump(), "registered_at": time.time()}
         with self.lock:
+            known = self.docs.get("clients", msg.sender) is not None
+            if not known and len(self.docs.list("clients")) >= self.settings.max_clients:
+                raise Conflict(f"this server keeps {self.settings.max_clients} client registrations already")
             self.docs.put("clients", msg.sender, doc)
         return doc
 
@@ -242,6 +251,7 @@ class FLServer:
                 "shapley": settled["s_avg"],
                 "payments": self.settlement.payments(stid, settled["height"]),
                 "metrics": pending["metrics"],
+                "dropped": pending.get("dropped", []),
             }
         )
         doc["global_hash"] = pending["new_global_hash"]

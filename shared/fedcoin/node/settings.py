@@ -15,6 +15,8 @@ with :func:`default`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -55,6 +57,24 @@ def _url(value: str) -> str:
     value = value.strip().rstrip("/")
     if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
         raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _network(value: str) -> str:
+    value = value.strip()
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
+            raise ValueError(f"{value!r} is neither an IP network (CIDR) nor a host name") from None
+    return value
+
+
+def _network_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [_network(x) for x in value.split(",") if x.strip()]
+    if isinstance(value, list):
+        return [_network(str(x)) for x in value]
     return value
 
 
@@ -150,15 +170,42 @@ class ServerSettings(NodeSettings):
         "improvement) or a number (the paper: 0)",
     )
     min_clients: int = Field(1, ge=1, description="registered clients needed before the first round")
+    client_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "localhost"],
+        description="where clients may be reached: IP networks (CIDR) or host names, comma-separated; "
+        "a registration whose URL's host is elsewhere is refused",
+    )
+    max_clients: int = Field(4096, ge=1, le=4096, description="client registrations kept (more are refused)")
     client_wait: float = Field(120.0, gt=0, description="seconds to wait for them")
     settle_timeout: float = Field(1800.0, gt=0, description="seconds to wait for a round's Shapley task to be settled")
 
     _miners = field_validator("miners", mode="before")(_url_list)
+    _client_networks = field_validator("client_networks", mode="before")(_network_list)
 
     @field_validator("advertise_url")
     @classmethod
     def _advertise(cls, v: str) -> str:
         return _url(v)
+
+    def allows_client_host(self, host: str) -> bool:
+        """True when ``host`` (a client URL's host) is a listed host name, or every address it resolves to
+        lies in a listed network."""
+        nets, names = [], set()
+        for item in self.client_networks:
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                names.add(item.lower())
+        if host.lower() in names:
+            return True
+        try:
+            addrs = {ipaddress.ip_address(host)}
+        except ValueError:
+            try:
+                addrs = {ipaddress.ip_address(ai[4][0]) for ai in socket.getaddrinfo(host, None)}
+            except (OSError, ValueError):
+                return False
+        return bool(addrs) and all(any(a in n for n in nets) for a in addrs)
 
     @field_validator("hidden", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 After a restart or a partition a miner has missed blocks; gossip alone never
 brings them back. :class:`ChainSync` asks each peer for its head and, when the
-peer claims more work than this node's head, walks back from the lower of the
+peer's head beats this node's (more work, or equal work and a smaller tie
+key), walks back from the lower of the
 two heights to the last block this node knows, fetches the rest in pages,
 makes sure it holds each block's task (:func:`ensure_task`, to recompute
 sampled leaves) and hands them to :meth:`MinerNode.add_chain
@@ -67,9 +68,9 @@ class ChainSync:
         if not head:
             return None
         with self.node.lock:
-            mine_h, mine_work = self.node.chain.height, self.node.chain.work
+            mine_h, mine_work, mine_tie = self.node.chain.height, self.node.chain.work, self.node.chain.tie
         height, work = int(head["height"]), int(head["work"])
-        if work <= mine_work:
+        if work < mine_work or (work == mine_work and not str(head.get("tie", mine_tie)) < mine_tie):
             return None
         blocks = await self._fetch_branch(peer, min(mine_h, height), height)
         if not blocks:
