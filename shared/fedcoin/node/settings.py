@@ -335,7 +335,8 @@ def _shown_default(cls: type[NodeSettings], field: str) -> str:
     if value is None:
         return "—"
     if isinstance(value, (list, tuple)):
-        if len(value) > 1 and list(value) == list(range(value[0], value[0] + len(value))):
+        ints = all(isinstance(x, int) for x in value)
+        if ints and len(value) > 1 and list(value) == list(range(value[0], value[0] + len(value))):
             return f"`{value[0]}-{value[-1]}`"  # a run of consecutive ints, as the variable is written
         return "`" + ",".join(str(x) for x in value) + "`" if value else "—"
     if isinstance(value, bool):
