@@ -188,5 +188,11 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
         rq = net.url("requester")
         check(http.post(f"{rq}/tasks", json={"budget": 0}))
         check(http.post(f"{rq}/tasks", json={"budget": 10**30}))
+        # cancelling: a finished task cannot be, an unknown one is not found, a stranger may not
+        assert check(http.post(f"{rq}/tasks/default/cancel")).status_code == 409
+        assert check(http.post(f"{rq}/tasks/nope/cancel")).status_code == 404
+        cancel = SignedMessage.create(stranger, "cancel-request", {"task_id": "default"}).model_dump()
+        assert check(http.post(f"{s}/tasks/default/cancel", json=cancel)).status_code == 401
+        assert check(http.post(f"{s}/tasks/other/cancel", json=cancel)).status_code == 400
     assert _get(f"{m}/chain/head") == before
     assert _get(f"{m}/balances") == bal_before

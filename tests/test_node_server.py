@@ -17,15 +17,22 @@ from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.reports import make_report
-from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import Transaction, make_transaction
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.payments import reward_allocation
-from fedcoin.errors import Conflict, InvalidInput, InvalidSignature
+from fedcoin.errors import Conflict, InvalidInput, InvalidSignature, Unavailable
 from fedcoin.fl.content import pack_weights, unpack_task_content, unpack_weights
 from fedcoin.fl.training import local_train
 from fedcoin.ledger.chain import Chain
-from fedcoin.node.messages import ClientRegistration, SignedMessage, TrainingRequest, TrainOrder, UpdateReceipt
+from fedcoin.node.messages import (
+    CancelRequest,
+    ClientRegistration,
+    SignedMessage,
+    TrainingRequest,
+    TrainOrder,
+    UpdateReceipt,
+)
 from fedcoin.node.server import FLServer
 from fedcoin.node.settings import ServerSettings, load
 
@@ -81,6 +88,7 @@ class FakeMiners:
 
     def __init__(self, genesis: GenesisConfig, *, refuse_deposit: bool = False, hold: bool = False) -> None:
         self.chain = Chain(genesis)
+        self.on_settled: Any = None  # called with each block this fake network mines
         self.pool: dict[str, Transaction] = {}
         self.tasks: list[ShapleyTask] = []
         self.refuse_deposit = refuse_deposit
@@ -108,6 +116,8 @@ class FakeMiners:
             return {"txid": key, "status": "pending"} if key in self.pool else None
         if kind == "tasks":
             return self._settled(key)
+        if kind == "balances":
+            return {"account": key, "balance": self.chain.balance(key), "nonce": self.chain.nonce(key)}
         if kind == "blocks":
             return self.chain.block_at(int(key)).to_dict()
         raise AssertionError(path)
@@ -121,6 +131,8 @@ class FakeMiners:
             if self.refuse_deposit:
                 return [(422, '{"reason": "insufficient-balance"}')]
             tx = Transaction.from_dict(body)
+            if tx.kind == "refund":
+                self.chain.head_state.apply(tx)  # a refund the server sends must apply on the head
             self.pool[tx.txid] = tx
             return [(202, "")]
         task = ShapleyTask.from_dict(body)
@@ -138,6 +150,9 @@ class FakeMiners:
                 transactions=list(self.pool.values()),
             )
             self.chain.add_block(block)
+            self.pool = {k: t for k, t in self.pool.items() if t not in block.body.transactions}
+            if self.on_settled is not None:
+                self.on_settled(block)
         return [(202, "")]
 
 
@@ -326,3 +341,63 @@ def test_bad_requests_change_nothing(tmp_path, genesis):
         server.model("job")
     assert [d["task_id"] for d in server.tasks()] == ["job"]
     assert json.dumps(server.task("job"))  # the stored document stays plain JSON
+
+
+def test_a_cancelled_task_stops_and_refunds_the_unspent_budget(tmp_path, genesis):
+    miners = FakeMiners(genesis)
+    server, _ = make_server(tmp_path, miners)
+    doc = server.submit(request(budget=1_000_000, rounds=2))
+    cancel = CancelRequest(task_id="job").sign(REQUESTER)
+    miners.on_settled = lambda block: server.cancel(cancel)  # the requester cancels once round 0 is paid
+    server.process(doc, threading.Event())
+    doc = server.task("job")
+    assert doc["status"] == "cancelled" and len(doc["round_results"]) == 1  # round 1 never started
+    left = miners.chain.head_state.escrow(doc["deposit_txid"])
+    assert left == 500_000  # round 0 paid its half (train + sap + com)
+    server._refunds()
+    refund = server.task("job")["refund"]
+    assert refund["status"] == "pending" and refund["amount"] == left
+    tx = miners.pool[refund["txid"]]
+    assert (tx.kind, tx.sender, tx.recipient, tx.amount) == ("refund", doc["deposit_txid"], REQUESTER.account, left)
+    after = miners.chain.head_state.copy()
+    after.apply(tx)
+    assert after.escrow(doc["deposit_txid"]) == 0 and after.balance(REQUESTER.account) == 10_000_000 - 500_000
+    # only the requester may cancel, and only once
+    with pytest.raises(Conflict):
+        server.cancel(cancel)
+    with pytest.raises(InvalidSignature):
+        server.cancel(CancelRequest(task_id="job").sign(WINNER))
+
+
+def test_a_failed_task_refunds_its_whole_budget_once_the_deposit_is_confirmed(tmp_path, genesis):
+    miners = FakeMiners(genesis)
+    server, _ = make_server(tmp_path, miners, register=False, client_wait=0.5)  # no client ever registers
+    doc = server.submit(request(budget=600_000, rounds=1))
+    stop = threading.Event()
+    with pytest.raises(Unavailable):
+        server.process(doc, stop)
+    doc.update(status="failed")
+    server._save(doc)
+    server._refunds()  # the deposit is only pending: nothing to refund yet
+    assert "refund" not in server.task("job")
+    # the deposit confirms (in a block settling another server-funded task)
+    dep = Transaction.from_dict(doc["deposit"])
+    other = make_task(
+        SERVER,
+        task_id="other:r0",
+        round=0,
+        clients=[WINNER.account],
+        train_price=0,
+        sap_price=0,
+        published_at=1,
+        content_hash="ab" * 32,
+    )
+    report = make_report(PEER, task_id=other.task_id, prev_hash=miners.chain.head, shapley=[1.0], iterations=1)
+    miners.chain.add_block(
+        build_block(
+            miners.chain, task=other, winner=WINNER, leaves=np.ones((1, 1)), reports=[report], transactions=[dep]
+        )
+    )
+    server._refunds()
+    refund = server.task("job")["refund"]
+    assert refund["status"] == "pending" and refund["amount"] == 600_000

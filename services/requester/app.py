@@ -58,6 +58,11 @@ def create_app() -> FastAPI:
         """Create a training task: sign a deposit of V to the server and submit the request."""
         return await requester.create_task(spec)
 
+    @app.post("/tasks/{task_id}/cancel")
+    async def cancel_task(task_id: str) -> Json:
+        """Ask the server to stop the task and refund what is left of its budget on chain."""
+        return await requester.cancel(task_id)
+
     @app.get("/tasks")
     def list_tasks() -> list[Json]:
         return requester.tasks()

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from fedcoin.chain.genesis import GenesisConfig
-from fedcoin.errors import NotFound
+from fedcoin.errors import InvalidInput, NotFound
 from fedcoin.node.messages import SignedMessage
 from fedcoin.node.peers import HttpClientGateway, HttpMinerGateway
 from fedcoin.node.runtime import start_node
@@ -86,6 +86,15 @@ def create_app() -> FastAPI:
     def submit(body: Json) -> Json:
         """A requester's signed training request with its deposit transaction."""
         return server.submit(SignedMessage.from_dict(body))
+
+    @app.post("/tasks/{task_id}/cancel")
+    def cancel(task_id: str, body: Json) -> Json:
+        """The requester's signed cancel request: no new round starts; the unspent budget is refunded."""
+        msg = SignedMessage.from_dict(body)
+        if msg.payload.get("task_id") != task_id:
+            raise InvalidInput("the signed request names another task")
+        doc = server.cancel(msg)
+        return {"task_id": task_id, "status": doc["status"]}
 
     @app.get("/tasks")
     def tasks() -> list[Json]:

@@ -84,6 +84,7 @@ class Reason(enum.StrEnum):
     NONCE_TOO_FAR_AHEAD = "nonce-too-far-ahead"
     NONCE_CONFLICT = "nonce-conflict"
     INSUFFICIENT_BALANCE = "insufficient-balance"
+    BAD_REFUND = "bad-refund"
     MEMPOOL_FULL = "mempool-full"
 
     @property
@@ -148,6 +149,8 @@ _DESCRIPTION = {
     Reason.NONCE_TOO_FAR_AHEAD: "the nonce is further ahead of the sender's next one than the mempool holds",
     Reason.NONCE_CONFLICT: "another pending transaction of the sender has this nonce",
     Reason.INSUFFICIENT_BALANCE: "the sender's balance does not cover it (with its pending transactions)",
+    Reason.BAD_REFUND: "a refund must return a confirmed deposit's whole remaining escrow to its requester, "
+    "signed by the deposit's server, with nonce 0",
     Reason.MEMPOOL_FULL: "the mempool holds as many transactions as it may; retry later",
 }
 

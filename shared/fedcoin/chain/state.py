@@ -14,6 +14,7 @@ from typing import NamedTuple
 from fedcoin.errors import InvalidBlock, InvalidSignature, InvalidTransaction, Reason
 
 from .blocks import Block
+from .identity import verify_signature
 from .transactions import SETTLEMENT_KINDS, USER_KINDS, Transaction
 
 
@@ -50,6 +51,13 @@ class ChainState:
     def total(self) -> int:
         return sum(self.balances.values())
 
+    def _refund(self, tx: Transaction, check_signature: bool) -> None:
+        problem = _refund_problem(self, tx, check_signature)
+        if problem is not None:
+            raise InvalidTransaction(Reason.BAD_REFUND, f"transaction {tx.txid[:16]}: {problem}")
+        del self.balances[tx.sender]
+        self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
+
     def apply(self, tx: Transaction, *, check_signature: bool = True) -> None:
         """Apply one transaction in place; raise InvalidTransaction (state untouched) if it cannot apply.
 
@@ -59,6 +67,9 @@ class ChainState:
         """
         if tx.kind == "genesis":
             self.balances[tx.recipient] = self.balance(tx.recipient) + tx.amount
+            return
+        if tx.kind == "refund":
+            self._refund(tx, check_signature)
             return
         if tx.sender == tx.recipient and tx.kind in USER_KINDS:
             raise InvalidTransaction(Reason.SELF_TRANSFER, "sender and recipient are the same account")
@@ -88,6 +99,23 @@ class ChainState:
             self.nonces[tx.sender] = self.nonce(tx.sender) + 1
         if tx.kind == "deposit":
             self.deposits[tx.txid] = Deposit(tx.sender, tx.recipient, tx.amount)
+
+
+def _refund_problem(state: ChainState, tx: Transaction, check_signature: bool) -> str | None:
+    dep = state.deposits.get(tx.sender)
+    if dep is None:
+        return f"{tx.sender[:16]}... is not a confirmed deposit"
+    if tx.recipient != dep.requester or tx.nonce != 0:
+        return "a refund goes to the deposit's requester, with nonce 0"
+    left = state.escrow(tx.sender)
+    if left == 0 or tx.amount != left:
+        return f"a refund returns the whole remaining escrow ({left}), not {tx.amount}"
+    if check_signature:
+        try:
+            verify_signature(dep.server, tx.signing_payload(), tx.signature)
+        except InvalidSignature as exc:
+            return f"not signed by the deposit's server: {exc}"
+    return None
 
 
 def apply_block(state: ChainState, block: Block, *, check_signatures: bool = True) -> ChainState:

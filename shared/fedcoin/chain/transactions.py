@@ -32,6 +32,11 @@ Kinds:
 ``commission``
     a round's ComPrice released from a deposit's escrow to the FL server, in
     the block that settles the round (unsigned, like ``payout``);
+``refund``
+    what is left of a deposit's escrow, returned whole to its requester when
+    its task failed or was cancelled: ``sender`` is the escrow (the deposit's
+    txid), ``recipient`` the requester, nonce 0, signed by the deposit's
+    server (:func:`make_refund`); submitted like a user transaction;
 ``genesis``
     an initial allocation in the genesis block, from the all-zero account.
 
@@ -57,10 +62,10 @@ MINT_ACCOUNT = ZERO_HASH  # sender of genesis allocations; has no key
 MAX_AMOUNT = 2**63 - 1
 MAX_MEMO = 256
 SIGNED_KINDS = frozenset({"transfer", "deposit", "reward"})
-USER_KINDS = frozenset({"transfer", "deposit"})  # kinds accepted from users into a mempool
+USER_KINDS = frozenset({"transfer", "deposit", "refund"})  # kinds accepted from users into a mempool
 SETTLEMENT_KINDS = frozenset({"payout", "commission"})  # unsigned, authorised by the task in the block
 
-TxKind = Literal["transfer", "deposit", "reward", "payout", "commission", "genesis"]
+TxKind = Literal["transfer", "deposit", "reward", "payout", "commission", "refund", "genesis"]
 _MEMO_RE = re.compile(r"[\x20-\x7e]*")
 
 
@@ -130,3 +135,11 @@ def make_transaction(
         }
     )
     return unsigned.model_copy(update={"signature": identity.sign(unsigned.signing_payload())})
+
+
+def make_refund(server: Identity, deposit_txid: str, requester: str, amount: int) -> Transaction:
+    """The refund of a deposit's remaining escrow (``amount``) to its ``requester``, signed by its server."""
+    unsigned = Transaction.from_dict(
+        {"sender": deposit_txid, "recipient": requester, "amount": amount, "nonce": 0, "kind": "refund"}
+    )
+    return unsigned.model_copy(update={"signature": server.sign(unsigned.signing_payload())})

@@ -64,6 +64,8 @@ class Mempool:
             )
         if tx.sender == tx.recipient:
             raise InvalidTransaction(Reason.SELF_TRANSFER, "sender and recipient are the same account")
+        if tx.kind == "refund":
+            return self._add_refund(tx, state)
         try:
             tx.verify_signature()
         except InvalidSignature as exc:
@@ -88,12 +90,26 @@ class Mempool:
             )
         if len(self._txs) >= self.max_pending:
             raise InvalidTransaction(Reason.MEMPOOL_FULL, "too many pending transactions; retry later")
+        self._store(tx)
+        return True
+
+    def _add_refund(self, tx: Transaction, state: ChainState) -> bool:
+        """A refund is checked against the head (the escrow it empties); one per deposit is kept."""
+        trial = state.copy()
+        trial.apply(tx)  # raises InvalidTransaction (bad-refund) when it does not apply
+        if any(t.sender == tx.sender for t in self._txs.values()):
+            raise InvalidTransaction(Reason.NONCE_CONFLICT, "a refund of this deposit is pending already")
+        if len(self._txs) >= self.max_pending:
+            raise InvalidTransaction(Reason.MEMPOOL_FULL, "too many pending transactions; retry later")
+        self._store(tx)
+        return True
+
+    def _store(self, tx: Transaction) -> None:
         if self._conn is not None:
             self._conn.execute(
                 "INSERT OR IGNORE INTO mempool VALUES (?, ?, ?)", (tx.txid, tx.model_dump_json(), time.time())
             )
         self._txs[tx.txid] = tx
-        return True
 
     def pending(self) -> list[Transaction]:
         """Pending transactions in an order that applies: by sender, then nonce."""
@@ -125,7 +141,12 @@ class Mempool:
         return back
 
     def prune(self, state: ChainState) -> list[str]:
-        """Drop transactions whose nonce the head has used up; return their ids."""
-        stale = [txid for txid, t in self._txs.items() if t.nonce < state.nonce(t.sender)]
+        """Drop transactions whose nonce the head has used up, and refunds of escrows the head has emptied or
+        changed; return their ids."""
+        stale = [
+            txid
+            for txid, t in self._txs.items()
+            if (t.amount != state.escrow(t.sender) if t.kind == "refund" else t.nonce < state.nonce(t.sender))
+        ]
         self.remove(stale)
         return stale

@@ -147,3 +147,17 @@ class UpdateReceipt(Payload):
     round: int = Field(ge=0)
     n_samples: int = Field(ge=1)
     update_hash: Sha256Hex
+
+
+class CancelRequest(Payload):
+    """Requester → server: stop the task ``task_id`` and refund what is left of its budget."""
+
+    KIND: ClassVar[str] = "cancel-request"
+    task_id: str
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, v: str) -> str:
+        if not TRAINING_ID_RE.fullmatch(v):
+            raise ValueError("task_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+        return v

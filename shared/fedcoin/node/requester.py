@@ -26,7 +26,7 @@ from fedcoin.chain.transactions import MAX_AMOUNT, make_transaction
 from fedcoin.errors import Conflict, FedcoinError, InvalidInput, NotFound, Unavailable
 
 from .docstore import DocStore
-from .messages import TrainingRequest
+from .messages import CancelRequest, TrainingRequest
 from .peers import HttpTransport
 
 log = logging.getLogger("fedcoin.requester")
@@ -118,6 +118,23 @@ class Requester:
         for m in self.miners:
             await self.transport.post_json(f"{m}/transactions", deposit.to_dict(), retries=0)
         return {"task_id": task_id, "deposit_txid": deposit.txid, "server": r.json().get("status")}
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        """Sign a cancel request for ``task_id`` and send it to the server."""
+        if self.docs.get("tasks", task_id) is None:
+            raise NotFound(f"unknown task {task_id}")
+        msg = CancelRequest(task_id=task_id).sign(self.identity)
+        try:
+            r = await self.transport.client.post(
+                f"{self.server_url}/tasks/{task_id}/cancel", json=msg.model_dump(), timeout=30
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the FL server did not answer the cancel request: {exc}") from exc
+        if 400 <= r.status_code < 500:
+            raise Conflict(f"server refused to cancel: {r.text[:500]}")
+        if r.status_code >= 500:
+            raise Unavailable(f"server failed on the cancel request (HTTP {r.status_code})")
+        return dict(r.json())
 
     async def submit_default(self, spec: NewTask, retry: float = 2.0) -> None:
         """Submit ``spec`` once per node lifetime (remembered on disk), retrying until it goes through."""

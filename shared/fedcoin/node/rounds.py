@@ -24,7 +24,7 @@ import torch
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.tasks import make_task
-from fedcoin.chain.transactions import Transaction
+from fedcoin.chain.transactions import Transaction, make_refund
 from fedcoin.consensus.payments import round_prices
 from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
 from fedcoin.fl.content import pack_task_content, pack_weights, unpack_weights
@@ -156,6 +156,22 @@ class Settlement:
         self.miners = miners
         self.settle_timeout = settle_timeout
         self.agreement_timeout = agreement_timeout
+
+    def refund(self, doc: Doc, server: Identity) -> Doc | None:
+        """Return what is left of ``doc``'s deposit to its requester: the refund record, ``done`` once the
+        escrow is empty on chain; None while the deposit is not confirmed (try again later)."""
+        txid = doc["deposit_txid"]
+        info = self.miners.get(f"/transactions/{txid}")
+        if info is None or info.get("status") != "confirmed":
+            return None
+        bal = self.miners.get(f"/balances/{txid}")
+        left = int(bal["balance"]) if bal else 0
+        if left == 0:
+            return {"status": "done", **{k: v for k, v in (doc.get("refund") or {}).items() if k != "status"}}
+        tx = make_refund(server, txid, doc["requester"], left)
+        answers = self.miners.post_all("/transactions", tx.to_dict())
+        log.info("task %s: refund of %d to the requester sent (%s)", doc["task_id"], left, [s for s, _ in answers])
+        return {"status": "pending", "txid": tx.txid, "amount": left}
 
     def deposit_state(self, doc: Doc) -> str:
         """``confirmed``, ``pending`` or ``unknown`` (sent to the miners if none knows it); InvalidInput if refused."""

@@ -35,7 +35,7 @@ import torch
 
 from fedcoin.chain.identity import Identity
 from fedcoin.consensus.payments import split_budget
-from fedcoin.errors import Conflict, FedcoinError, InvalidInput, Unavailable
+from fedcoin.errors import Conflict, FedcoinError, InvalidInput, InvalidSignature, NotFound, Unavailable
 from fedcoin.fl.content import pack_weights, unpack_weights
 from fedcoin.fl.data import load_dataset
 from fedcoin.fl.model import Update, init_weights
@@ -43,13 +43,14 @@ from fedcoin.ledger.store import connect
 
 from .blobs import BlobStore
 from .docstore import DocStore
-from .messages import ClientRegistration, SignedMessage, TrainingRequest
+from .messages import CancelRequest, ClientRegistration, SignedMessage, TrainingRequest
 from .peers import ClientGateway, MinerGateway
 from .rounds import RoundTrainer, Settlement
 from .settings import ServerSettings
 
 log = logging.getLogger("fedcoin.server")
 ACTIVE = ("queued", "awaiting-deposit", "training")
+ENDED = ("failed", "cancelled")  # their deposit's unspent escrow goes back to the requester
 Doc = dict[str, Any]
 
 
@@ -155,12 +156,17 @@ class FLServer:
         return doc["model_hash"], data
 
     def _save(self, doc: Doc) -> None:
+        """Store the worker's copy of ``doc``; a cancellation recorded meanwhile stays."""
         with self.lock:
+            stored = self.docs.get("tasks", doc["task_id"])
+            if stored is not None and stored["status"] == "cancelled" and doc["status"] != "cancelled":
+                doc.update(status="cancelled", cancelled_at=stored.get("cancelled_at"))
             self.docs.put("tasks", doc["task_id"], doc)
 
     # --- the worker: one task at a time -------------------------------------------
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._refunds()
             todo = [d for d in self.tasks() if d["status"] in ACTIVE]
             if not todo:
                 self.wake.wait(timeout=1.0)
@@ -178,6 +184,45 @@ class FLServer:
                 doc.update(status="failed", error=f"{type(exc).__name__}: {exc}")
                 self._save(doc)
 
+    def _refunds(self) -> None:
+        """Refund the unspent budget of failed and cancelled tasks (retried until the escrow is empty)."""
+        for doc in self.tasks():
+            if doc["status"] not in ENDED or (doc.get("refund") or {}).get("status") == "done":
+                continue
+            try:
+                refund = self.settlement.refund(doc, self.identity)
+            except FedcoinError as exc:
+                log.warning("task %s: refund not sent yet: %s", doc["task_id"], exc)
+                continue
+            if refund is not None and refund != doc.get("refund"):
+                with self.lock:
+                    stored = self.docs.get("tasks", doc["task_id"]) or doc
+                    stored["refund"] = refund
+                    self.docs.put("tasks", doc["task_id"], stored)
+
+    def cancel(self, msg: SignedMessage) -> Doc:
+        """The requester's signed cancel request: no further round starts (a round already published may
+        still settle), and the unspent budget is refunded on chain."""
+        req = CancelRequest.open(msg)
+        with self.lock:
+            doc = self.docs.get("tasks", req.task_id)
+            if doc is None:
+                raise NotFound(f"unknown task {req.task_id}")
+            if msg.sender != doc["requester"]:
+                raise InvalidSignature("only the task's requester may cancel it")
+            if doc["status"] in ("done", "cancelled", "failed"):
+                raise Conflict(f"task {req.task_id} is {doc['status']} already")
+            doc.update(status="cancelled", cancelled_at=time.time())
+            self.docs.put("tasks", req.task_id, doc)
+        self.wake.set()
+        log.info("task %s cancelled by its requester", req.task_id)
+        return doc
+
+    def _cancelled(self, task_id: str) -> bool:
+        with self.lock:
+            stored = self.docs.get("tasks", task_id)
+        return stored is not None and stored["status"] == "cancelled"
+
     def process(self, doc: Doc, stop: threading.Event) -> None:
         """Take ``doc`` as far as it goes: accepted, every round settled, done."""
         if doc["status"] in ("queued", "awaiting-deposit") and not self._accept(doc):
@@ -190,7 +235,7 @@ class FLServer:
             current = init_weights(self.settings.hidden, in_features=X_val.shape[1], seed=self.settings.model_seed)
             doc["global_hash"] = self.blobs.put(pack_weights(current))
         for r in range(len(doc["round_results"]), doc["rounds"]):
-            if stop.is_set() or not self._round(doc, r, current, stop):
+            if stop.is_set() or self._cancelled(doc["task_id"]) or not self._round(doc, r, current, stop):
                 return
             current = self._weights(doc["global_hash"])
         doc.update(status="done", model_hash=doc["global_hash"], finished_at=time.time())
