@@ -57,7 +57,7 @@ CLIENTS         ?= 1
 UP_TIMEOUT      ?= 600
 DC              := $(COMPOSE) -p $(COMPOSE_PROJECT)
 
-.PHONY: base-image up down logs
+.PHONY: base-image up down logs test-faults test-faults-local
 
 base-image: ## the local base image (debootstrap + docker import; no registry needed)
 	@bash scripts/build-base-image.sh
@@ -95,3 +95,11 @@ paper: $(BIN)/fedcoin ## the paper's Section 6 into docs/results (< 60 min); com
 
 paper-quick: $(BIN)/fedcoin ## the CI-sized reproduction (< 5 min) into build/paper-quick
 	$(BIN)/python scripts/paper/run.py --quick --out build/paper-quick $(PAPER_ARGS)
+
+test-faults: ## fault injection on the compose testbed (kill -9, pause, restart, server crash, crash mid-write, disconnect)
+	$(MAKE) up
+	$(BIN)/fedcoin testbed faults --backend docker --project $(COMPOSE_PROJECT) --json build/faults-docker.json; \
+	status=$$?; $(MAKE) down; exit $$status
+
+test-faults-local: $(BIN)/fedcoin ## the same scenarios on a local-process network (no Docker; no disconnect)
+	$(BIN)/fedcoin testbed faults --backend local --json build/faults-local.json

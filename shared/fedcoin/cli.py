@@ -165,6 +165,107 @@ def simulate(
 
 testnet = typer.Typer(help="Set up a network's shared files.")
 app.add_typer(testnet, name="testnet")
+testbed = typer.Typer(help="The compose testbed (Docker) and fault injection on a running network.")
+app.add_typer(testbed, name="testbed")
+
+COMPOSE_PROJECT = "fedcoin"
+
+
+def _compose(project: str, *args: str, timeout: float = 1800) -> None:
+    import shutil
+    import subprocess
+
+    base = ["docker", "compose"]
+    if subprocess.run([*base, "version"], capture_output=True).returncode != 0:
+        if shutil.which("docker-compose") is None:
+            _fail(FedcoinError("neither `docker compose` nor docker-compose is installed"))
+        base = ["docker-compose"]
+    env = {**os.environ, "FEDCOIN_BASE_IMAGE": os.environ.get("FEDCOIN_BASE_IMAGE", "fedcoin-base:bookworm")}
+    r = subprocess.run([*base, "-p", project, *args], env=env, timeout=timeout)
+    if r.returncode != 0:
+        _fail(FedcoinError(f"{' '.join(base)} {' '.join(args)} exited {r.returncode}"))
+
+
+@testbed.command("up")
+def testbed_up(project: str = typer.Option(COMPOSE_PROJECT, help="compose project name")) -> None:
+    """Build the image and start the compose testbed (docker-compose.yml in the current directory)."""
+    _compose(project, "up", "-d", "--build")
+    console.print(f"testbed {project} up; `fedcoin testbed faults --backend docker` injects faults")
+
+
+@testbed.command("down")
+def testbed_down(project: str = typer.Option(COMPOSE_PROJECT, help="compose project name")) -> None:
+    """Stop the compose testbed and delete its volumes."""
+    _compose(project, "down", "-v", "--remove-orphans", timeout=600)
+
+
+@testbed.command("faults")
+def testbed_faults(
+    scenarios: list[str] = typer.Argument(None, help="scenarios to run (default: all)"),
+    backend: str = typer.Option("auto", help="docker (a running compose testbed), local (processes) or auto"),
+    project: str = typer.Option(COMPOSE_PROJECT, help="compose project of the docker backend"),
+    base_port: int = typer.Option(19400, help="ports of the local network (local backend)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the outcomes here"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Inject faults into a running network while it settles a task, and check every invariant."""
+    from .devnet.faults import SCENARIOS, DockerBackend, LocalBackend, Outcome, run_scenario
+
+    names = scenarios or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        _fail(FedcoinError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}"))
+    if backend == "auto":
+        backend = "docker" if _docker_testbed_running(project) else "local"
+    outcomes: list[Outcome] = []
+    t0 = time.time()
+    if backend == "docker":
+        db = DockerBackend(project)
+        for i, name in enumerate(names):
+            outcomes.append(run_scenario(db, db.url("requester"), db.url("server"), name, seed=seed + i))
+            _print_outcome_line(outcomes[-1])
+    else:
+        base = Path(tempfile.mkdtemp(prefix="fedcoin-faults-"))
+        specs = plan_network(base, miners=4, base_port=base_port, default_task=False)
+        with LocalNetwork(base, specs) as net:
+            net.start_all()
+            net.wait_healthy(timeout=180)
+            lb = LocalBackend(net)
+            for i, name in enumerate(names):
+                outcomes.append(run_scenario(lb, net.url("requester"), net.url("server"), name, seed=seed + i))
+                _print_outcome_line(outcomes[-1])
+    table = Table(title=f"faults ({backend} backend, {time.time() - t0:.0f} s)")
+    for col in ("scenario", "status", "responsive s", "task done s", "converged s", "detail"):
+        table.add_column(col)
+    for o in outcomes:
+        t = o.timings
+        table.add_row(
+            o.scenario,
+            o.status,
+            *(f"{t[k]:.1f}" if k in t else "—" for k in ("responsive_s", "task_done_after_fault_s", "converged_s")),
+            o.detail[:80],
+        )
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"backend": backend, "seconds": time.time() - t0, "outcomes": [o.to_dict() for o in outcomes]}
+        json_out.write_text(json.dumps(doc, indent=2))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_outcome_line(o: Any) -> None:
+    console.print(f"{o.scenario}: {o.status} {o.timings} {o.detail[:200]}")
+
+
+def _docker_testbed_running(project: str) -> bool:
+    try:
+        import docker
+
+        client = docker.from_env()
+        return bool(client.containers.list(filters={"label": f"com.docker.compose.project={project}"}))
+    except Exception:
+        return False
 
 
 @testnet.command("init")

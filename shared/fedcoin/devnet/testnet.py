@@ -4,7 +4,8 @@ The genesis funds the requester and admits the FL server and the miners
 (``ChainParams.servers`` / ``miners``): only they may publish Shapley tasks and
 win blocks. ``requester.key``, ``server.key`` and ``miner1.key`` ...
 ``minerN.key`` are written next to it, for the services to load
-(``FEDCOIN_KEY``). On a real deployment each operator creates its own key
+(``FEDCOIN_KEY``). ``allocations`` funds further accounts in a new genesis (load
+tests' senders, say). On a real deployment each operator creates its own key
 (``fedcoin keygen``) and sends only the account to whoever writes the genesis.
 """
 
@@ -34,10 +35,17 @@ def init_testnet(
     target_block_ms: int = DEFAULT_TARGET_BLOCK_MS,
     retarget_window: int = DEFAULT_RETARGET_WINDOW,
     miners: int = DEFAULT_MINERS,
+    allocations: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Create (or reuse) the keys and ``genesis.json`` in ``directory``; idempotent."""
+    """Create (or reuse) the keys and ``genesis.json`` in ``directory``; idempotent.
+
+    ``allocations`` (account -> base units) are funded in a new genesis, next to the
+    requester's ``funds``; with an existing genesis they are not added, only checked to be
+    funded there (InvalidInput otherwise).
+    """
     if not 1 <= miners <= 1024:
         raise InvalidInput("between 1 and 1024 miners")
+    extra = dict(allocations or {})
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     key = d / "requester.key"
@@ -52,7 +60,14 @@ def init_testnet(
         admitted = set(genesis.params.miners)
         if server.account not in genesis.params.servers or any(m.account not in admitted for m in miner_ids):
             raise InvalidInput(f"{genesis_path} does not admit the server and miner keys in {d}")
+        unfunded = [a for a in extra if a not in genesis.allocations]
+        if unfunded:
+            raise InvalidInput(
+                f"{genesis_path} does not fund {len(unfunded)} of the accounts asked for ({unfunded[0]})"
+            )
     else:
+        if requester.account in extra:
+            raise InvalidInput("allocations name the requester's account; its funds are given by `funds`")
         genesis = GenesisConfig(
             params=ChainParams(
                 chain_id=chain_id,
@@ -62,7 +77,7 @@ def init_testnet(
                 servers=[server.account],
                 miners=[m.account for m in miner_ids],
             ),
-            allocations={requester.account: funds},
+            allocations={requester.account: funds, **extra},
             timestamp=int(time.time() * 1000),
         )
         genesis.save(genesis_path)
