@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-verify docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-verify load soak docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -42,6 +42,12 @@ bench: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator
 
 bench-verify: $(BIN)/fedcoin ## what verifying a block's work costs on the paper's round (K = 100)
 	$(BIN)/python scripts/bench_verify.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_verify.json
+
+load: $(BIN)/fedcoin ## load test of one local network: reads, transfers, tasks (p50/p99, req/s, RSS, nothing lost)
+	$(BIN)/python scripts/load_test.py --json build/load.json
+
+soak: $(BIN)/fedcoin ## 50 one-round tasks in a row on one local network; fails if a miner's RSS keeps growing
+	$(BIN)/python scripts/soak.py --tasks 50 --json build/soak.json
 
 docs: $(BIN)/fedcoin ## re-render the README's generated sections (settings, reject reasons)
 	$(BIN)/python scripts/render_docs.py

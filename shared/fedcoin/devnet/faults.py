@@ -1,0 +1,404 @@
+"""Fault injection on a running FedCoin network, with the invariants every node must keep.
+
+A :class:`Backend` applies faults to the nodes of a network: :class:`LocalBackend` to the
+processes of a :class:`~fedcoin.devnet.local.LocalNetwork` (signals), :class:`DockerBackend` to
+the containers of the compose testbed (the ``docker`` SDK: kill, pause, restart, network
+disconnect). A scenario (:data:`SCENARIOS`) starts a one-round training task, waits until the
+miners are mining it, applies its fault, ends it, and then checks, like CometBFT's e2e runner,
+on every node:
+
+- **responsive**: every node answers ``/health`` within :data:`RESPONSIVE_S` (20 s) of the fault
+  ending;
+- **task**: the task completes (every round settled);
+- **converged**: every miner reports the same head (the time it took is measured);
+- **nothing lost**: every transaction confirmed before the fault is still confirmed (or back
+  in the mempool after a reorg) on every miner;
+- **paid once**: no client receives two rewards for one Shapley task on the main chain;
+- **supply**: on every miner the balances (escrows included) sum to the genesis supply.
+
+A scenario a backend cannot apply (a network disconnect needs Docker) is reported as
+``unsupported``, not as passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from fedcoin.errors import FedcoinError
+
+from .local import LocalNetwork
+
+RESPONSIVE_S = 20.0
+CONVERGE_S = 60.0
+TASK_S = 600.0
+
+
+class Unsupported(FedcoinError):
+    """The backend cannot apply this fault."""
+
+
+class Backend(Protocol):
+    """The nodes of a running network and the faults that can be applied to them."""
+
+    name: str
+    unsupported: frozenset[str]  # scenarios this backend cannot apply
+
+    def url(self, node: str) -> str: ...
+
+    @property
+    def miners(self) -> list[str]: ...
+
+    @property
+    def nodes(self) -> list[str]: ...
+
+    def kill(self, node: str) -> None: ...
+
+    def start(self, node: str) -> None: ...
+
+    def stop(self, node: str) -> None: ...
+
+    def pause(self, node: str) -> None: ...
+
+    def resume(self, node: str) -> None: ...
+
+    def disconnect(self, node: str) -> None: ...
+
+    def reconnect(self, node: str) -> None: ...
+
+
+class LocalBackend:
+    """Faults as signals to the processes of a :class:`LocalNetwork`."""
+
+    name = "local"
+    unsupported = frozenset({"disconnect-miner"})
+
+    def __init__(self, net: LocalNetwork) -> None:
+        self.net = net
+
+    def url(self, node: str) -> str:
+        return self.net.url(node)
+
+    @property
+    def miners(self) -> list[str]:
+        return [n for n, s in self.net.specs.items() if s.role == "miner"]
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.net.specs)
+
+    def _signal(self, node: str, sig: int) -> None:
+        p = self.net.procs.get(node)
+        if p is None or p.poll() is not None:
+            raise FedcoinError(f"{node} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+
+    def kill(self, node: str) -> None:
+        self._signal(node, signal.SIGKILL)
+        self.net.procs.pop(node).wait(timeout=10)
+
+    def start(self, node: str) -> None:
+        self.net.start(node)
+
+    def stop(self, node: str) -> None:
+        self.net.stop(node)
+
+    def pause(self, node: str) -> None:
+        self._signal(node, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        self._signal(node, signal.SIGCONT)
+
+    def disconnect(self, node: str) -> None:
+        raise Unsupported("a network disconnect needs the Docker backend")
+
+    def reconnect(self, node: str) -> None:
+        raise Unsupported("a network disconnect needs the Docker backend")
+
+
+class DockerBackend:
+    """Faults applied to the containers of the compose testbed (project ``project``)."""
+
+    name = "docker"
+    unsupported: frozenset[str] = frozenset()
+    PORTS = {"requester": 8000, "server": 8001, "miner1": 8101, "miner2": 8102, "miner3": 8103, "miner4": 8104}
+
+    def __init__(self, project: str) -> None:
+        import docker  # the `testbed` extra
+
+        self.client = docker.from_env()
+        self.project = project
+
+    def _container(self, node: str) -> Any:
+        found = self.client.containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={node}"]},
+        )
+        if not found:
+            raise FedcoinError(f"no container for {node} in project {self.project}")
+        return found[0]
+
+    def url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.PORTS[node]}"
+
+    @property
+    def miners(self) -> list[str]:
+        return [n for n in self.PORTS if n.startswith("miner")]
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.PORTS)
+
+    def kill(self, node: str) -> None:
+        self._container(node).kill()
+
+    def start(self, node: str) -> None:
+        self._container(node).start()
+
+    def stop(self, node: str) -> None:
+        self._container(node).stop(timeout=15)
+
+    def pause(self, node: str) -> None:
+        self._container(node).pause()
+
+    def resume(self, node: str) -> None:
+        self._container(node).unpause()
+
+    def _network(self) -> Any:
+        nets = self.client.networks.list(filters={"label": f"com.docker.compose.project={self.project}"})
+        if not nets:
+            raise FedcoinError(f"no network of project {self.project}")
+        return nets[0]
+
+    def disconnect(self, node: str) -> None:
+        self._network().disconnect(self._container(node))
+
+    def reconnect(self, node: str) -> None:
+        self._network().connect(self._container(node), aliases=[node])
+
+
+# --- observing the network ---------------------------------------------------------------
+def _get(http: httpx.Client, url: str) -> Any | None:
+    try:
+        r = http.get(url, timeout=5.0)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def wait_responsive(backend: Backend, http: httpx.Client, within: float = RESPONSIVE_S) -> float:
+    """Seconds until every node answers /health; FedcoinError after ``within``."""
+    t0 = time.time()
+    pending = set(backend.nodes)
+    while pending:
+        pending = {n for n in pending if _get(http, f"{backend.url(n)}/health") is None}
+        if pending and time.time() - t0 > within:
+            raise FedcoinError(f"not answering {within:.0f} s after the fault: {sorted(pending)}")
+        if pending:
+            time.sleep(0.25)
+    return time.time() - t0
+
+
+def wait_converged(backend: Backend, http: httpx.Client, min_height: int, within: float = CONVERGE_S) -> float:
+    """Seconds until every miner has the same head at ``min_height`` or above."""
+    t0 = time.time()
+    while True:
+        heads = [_get(http, f"{backend.url(m)}/chain/head") for m in backend.miners]
+        if all(heads) and len({h["hash"] for h in heads if h}) == 1 and heads[0] and heads[0]["height"] >= min_height:
+            return time.time() - t0
+        if time.time() - t0 > within:
+            raise FedcoinError(
+                f"miners have not converged after {within:.0f} s: {[h and h['hash'][:12] for h in heads]}"
+            )
+        time.sleep(0.5)
+
+
+def main_chain(http: httpx.Client, miner_url: str) -> list[dict[str, Any]]:
+    head = _get(http, f"{miner_url}/chain/head")
+    if head is None:
+        raise FedcoinError(f"{miner_url} does not answer")
+    blocks: list[dict[str, Any]] = []
+    start = 0
+    while start <= head["height"]:
+        page = _get(http, f"{miner_url}/blocks?start={start}&end={min(start + 99, head['height'])}")
+        if not page:
+            break
+        blocks.extend(page)
+        start += len(page)
+    return blocks
+
+
+def confirmed_txids(blocks: list[dict[str, Any]]) -> set[str]:
+    from fedcoin.chain.transactions import Transaction
+
+    return {Transaction.from_dict(tx).txid for b in blocks for tx in b["body"]["transactions"]}
+
+
+def check_invariants(backend: Backend, http: httpx.Client, before: set[str]) -> dict[str, Any]:
+    """Nothing lost, paid once, supply conserved, on every miner; raises FedcoinError on a breach."""
+    out: dict[str, Any] = {}
+    for m in backend.miners:
+        url = backend.url(m)
+        blocks = main_chain(http, url)
+        have = confirmed_txids(blocks)
+        pending = {t["txid"] for t in (_get(http, f"{url}/transactions/pending") or [])}
+        lost = before - have - pending
+        if lost:
+            raise FedcoinError(f"{m}: {len(lost)} confirmed transaction(s) lost: {sorted(lost)[:3]}")
+        rewards: dict[tuple[str, str], int] = {}
+        for b in blocks:
+            for tx in b["body"]["transactions"]:
+                if tx["kind"] == "reward":
+                    key = (tx["memo"], tx["recipient"])
+                    rewards[key] = rewards.get(key, 0) + 1
+        twice = [k for k, n in rewards.items() if n > 1]
+        if twice:
+            raise FedcoinError(f"{m}: client paid twice for one task: {twice[:3]}")
+        bal = _get(http, f"{url}/balances") or {}
+        if sum(bal.get("balances", {}).values()) != bal.get("supply"):
+            raise FedcoinError(f"{m}: balances do not sum to the supply")
+        out[m] = {"height": len(blocks) - 1, "transactions": len(have)}
+    return out
+
+
+# --- scenarios -------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    scenario: str
+    status: str  # passed | failed | unsupported
+    detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "status": self.status, "detail": self.detail, "timings": self.timings}
+
+
+Fault = Callable[[Backend, httpx.Client, random.Random], None]
+
+
+def _miner_mining(backend: Backend, http: httpx.Client, timeout: float = 120.0) -> str:
+    """Wait until some miner is mining; return its name."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for m in backend.miners:
+            st = _get(http, f"{backend.url(m)}/status")
+            if st and st.get("mining") and st["mining"].get("iterations", 0) > 0:
+                return m
+        time.sleep(0.2)
+    raise FedcoinError("no miner started mining the task")
+
+
+def kill9_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """kill -9 a miner while it mines; start it again 3 s later."""
+    victim = _miner_mining(backend, http)
+    backend.kill(victim)
+    time.sleep(3)
+    backend.start(victim)
+
+
+def pause_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Freeze a mining miner for 10 s (SIGSTOP / docker pause), then let it go on."""
+    victim = _miner_mining(backend, http)
+    backend.pause(victim)
+    time.sleep(10)
+    backend.resume(victim)
+
+
+def restart_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Stop a mining miner gracefully and start it again with its state."""
+    victim = _miner_mining(backend, http)
+    backend.stop(victim)
+    backend.start(victim)
+
+
+def kill_server_mid_round(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """kill -9 the FL server while its round is trained or mined; start it again."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        docs = _get(http, f"{backend.url('server')}/tasks") or []
+        if any(d["status"] == "training" for d in docs):
+            break
+        time.sleep(0.2)
+    time.sleep(rng.uniform(0.0, 2.0))
+    backend.kill("server")
+    time.sleep(2)
+    backend.start("server")
+
+
+def kill_during_write(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """kill -9 a miner at a random moment around the block write of the task it mines."""
+    victim = _miner_mining(backend, http)
+    head = _get(http, f"{backend.url(victim)}/chain/head") or {"height": 0}
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the block is coming: some miner's head moves
+        heads = [_get(http, f"{backend.url(m)}/chain/head") for m in backend.miners]
+        if any(h and h["height"] > head["height"] for h in heads):
+            break
+        time.sleep(0.02)
+    backend.kill(victim)
+    time.sleep(1)
+    backend.start(victim)
+
+
+def disconnect_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Take a mining miner off the network for 15 s, then reconnect it."""
+    victim = _miner_mining(backend, http)
+    backend.disconnect(victim)
+    time.sleep(15)
+    backend.reconnect(victim)
+
+
+SCENARIOS: dict[str, Fault] = {
+    "kill9-miner": kill9_miner,
+    "pause-miner": pause_miner,
+    "restart-miner": restart_miner,
+    "kill-server": kill_server_mid_round,
+    "kill-during-write": kill_during_write,
+    "disconnect-miner": disconnect_miner,
+}
+
+
+def run_scenario(
+    backend: Backend, requester_url: str, server_url: str, name: str, *, seed: int = 0, budget: int = 100_000
+) -> Outcome:
+    """Start a one-round task, apply fault ``name`` while it runs, then check every invariant."""
+    fault = SCENARIOS[name]
+    if name in backend.unsupported:
+        return Outcome(name, "unsupported", f"the {backend.name} backend cannot apply {name}")
+    rng = random.Random(seed)
+    task_id = f"fault-{name}-{int(time.time())}"
+    out = Outcome(name, "failed")
+    with httpx.Client(timeout=15.0) as http:
+        try:
+            before = confirmed_txids(main_chain(http, backend.url(backend.miners[0])))
+            height = (_get(http, f"{backend.url(backend.miners[0])}/chain/head") or {"height": 0})["height"]
+            r = http.post(f"{requester_url}/tasks", json={"budget": budget, "rounds": 1, "task_id": task_id})
+            if r.status_code != 202:
+                raise FedcoinError(f"task not accepted: {r.status_code} {r.text[:200]}")
+            t0 = time.time()
+            fault(backend, http, rng)
+            out.timings["fault_s"] = time.time() - t0
+            out.timings["responsive_s"] = wait_responsive(backend, http)
+            from .watch import wait_for_task
+
+            t1 = time.time()
+            doc = wait_for_task(server_url, task_id, timeout=TASK_S)
+            out.timings["task_done_after_fault_s"] = time.time() - t1
+            target = max(height + 1, doc["round_results"][-1]["block_height"])
+            out.timings["converged_s"] = wait_converged(backend, http, target)
+            check_invariants(backend, http, before)
+            out.status = "passed"
+        except Unsupported as exc:
+            out.status, out.detail = "unsupported", str(exc)
+        except FedcoinError as exc:
+            out.detail = str(exc)[:500]
+    return out
