@@ -3,9 +3,9 @@
 A :class:`Backend` applies faults to the nodes of a network: :class:`LocalBackend` to the
 processes of a :class:`~fedcoin.devnet.local.LocalNetwork` (signals), :class:`DockerBackend` to
 the containers of the compose testbed (the ``docker`` SDK: kill, pause, restart, network
-disconnect). A scenario (:data:`SCENARIOS`) starts a one-round training task, waits until the
-miners are mining it, applies its fault, ends it, and then checks, like CometBFT's e2e runner,
-on every node:
+disconnect, a partition of the miners' mesh). A scenario (:data:`SCENARIOS`) starts a one-round
+training task, waits until the miners are mining it (the partition splits them first), applies
+its fault, ends it, and then checks, like CometBFT's e2e runner, on every node:
 
 - **responsive**: every node answers ``/health`` within :data:`RESPONSIVE_S` (20 s) of the fault
   ending;
@@ -74,12 +74,16 @@ class Backend(Protocol):
 
     def reconnect(self, node: str) -> None: ...
 
+    def split(self, nodes: list[str]) -> None: ...
+
+    def join(self, nodes: list[str]) -> None: ...
+
 
 class LocalBackend:
     """Faults as signals to the processes of a :class:`LocalNetwork`."""
 
     name = "local"
-    unsupported = frozenset({"disconnect-miner"})
+    unsupported = frozenset({"disconnect-miner", "partition"})
 
     def __init__(self, net: LocalNetwork) -> None:
         self.net = net
@@ -124,6 +128,12 @@ class LocalBackend:
     def reconnect(self, node: str) -> None:
         raise Unsupported("a network disconnect needs the Docker backend")
 
+    def split(self, nodes: list[str]) -> None:
+        raise Unsupported("a partition needs the Docker backend")
+
+    def join(self, nodes: list[str]) -> None:
+        raise Unsupported("a partition needs the Docker backend")
+
 
 class DockerBackend:
     """Faults applied to the containers of the compose testbed (project ``project``)."""
@@ -137,6 +147,7 @@ class DockerBackend:
 
         self.client = docker.from_env()
         self.project = project
+        self._detached: dict[str, list[str]] = {}
 
     def _container(self, node: str) -> Any:
         found = self.client.containers.list(
@@ -173,17 +184,34 @@ class DockerBackend:
     def resume(self, node: str) -> None:
         self._container(node).unpause()
 
-    def _network(self) -> Any:
-        nets = self.client.networks.list(filters={"label": f"com.docker.compose.project={self.project}"})
-        if not nets:
-            raise FedcoinError(f"no network of project {self.project}")
-        return nets[0]
+    def _networks(self, node: str) -> list[Any]:
+        container = self._container(node)
+        container.reload()
+        names = list(container.attrs["NetworkSettings"]["Networks"])
+        return [self.client.networks.get(n) for n in names]
+
+    def _mesh(self) -> Any:
+        return self.client.networks.get(f"{self.project}_mesh")
 
     def disconnect(self, node: str) -> None:
-        self._network().disconnect(self._container(node))
+        """Take ``node`` off every network it is on (remembered for :meth:`reconnect`)."""
+        nets = self._networks(node)
+        self._detached[node] = [n.name for n in nets]
+        for n in nets:
+            n.disconnect(self._container(node))
 
     def reconnect(self, node: str) -> None:
-        self._network().connect(self._container(node), aliases=[node])
+        for name in self._detached.pop(node, []):
+            self.client.networks.get(name).connect(self._container(node), aliases=[node])
+
+    def split(self, nodes: list[str]) -> None:
+        """Cut ``nodes`` off the miners' mesh: they still reach the server, no longer the other miners."""
+        for node in nodes:
+            self._mesh().disconnect(self._container(node))
+
+    def join(self, nodes: list[str]) -> None:
+        for node in nodes:
+            self._mesh().connect(self._container(node), aliases=[node])
 
 
 # --- observing the network ---------------------------------------------------------------
@@ -357,6 +385,27 @@ def disconnect_miner(backend: Backend, http: httpx.Client, rng: random.Random) -
     backend.reconnect(victim)
 
 
+def partition(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Split the miners into two groups (1-2 and 3-4) that mine the task apart, then rejoin them:
+    the lighter fork is abandoned (its transactions go back to the mempool) and payments are
+    re-derived from the heavier one."""
+    miners = backend.miners
+    half = len(miners) // 2
+    base = (_get(http, f"{backend.url(miners[0])}/chain/head") or {"height": 0})["height"]
+    backend.split(miners[half:])
+    deadline = time.time() + 240
+    heads: list[Any] = []
+    while time.time() < deadline:  # both sides settle the task on their own (or time runs out)
+        heads = [_get(http, f"{backend.url(m)}/chain/head") for m in miners]
+        if all(h and h["height"] > base for h in heads):
+            break
+        time.sleep(0.5)
+    sides = {h["hash"] for h in heads if h}
+    backend.join(miners[half:])
+    if len(sides) < 2:
+        raise FedcoinError(f"the two sides did not fork while apart (heads {[h and h['height'] for h in heads]})")
+
+
 SCENARIOS: dict[str, Fault] = {
     "kill9-miner": kill9_miner,
     "pause-miner": pause_miner,
@@ -364,6 +413,7 @@ SCENARIOS: dict[str, Fault] = {
     "kill-server": kill_server_mid_round,
     "kill-during-write": kill_during_write,
     "disconnect-miner": disconnect_miner,
+    "partition": partition,
 }
 
 
