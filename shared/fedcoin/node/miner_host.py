@@ -123,7 +123,7 @@ class MinerHost:
         tx = Transaction.from_dict(body)
         added = await asyncio.to_thread(self.node.add_transaction, tx)
         if added:
-            self._later(self.gossip.broadcast("/transactions", tx.to_dict()))
+            self.gossip.send_transaction(tx.to_dict())
         return {"txid": tx.txid, "status": "pending", "new": added}
 
     async def deliver_task(self, body: dict[str, Any]) -> dict[str, Any]:
