@@ -1,8 +1,9 @@
 """Transaction gossip: every accepted transaction reaches every peer, in order, through outages.
 
-Each peer has an outbox with one sender: a peer that is down or answers 5xx is retried with
-backoff until it takes the transaction; an answer below 500 ends that transaction's delivery;
-the order of one sender's transactions is kept (so nonces arrive in order)."""
+Each peer has an outbox with one sender posting batches (``POST /transactions/batch``): a peer
+that is down or answers 5xx gets the same batch again, with backoff, until it takes it; an
+answer below 500 ends those transactions' delivery (the peer judged each one); the order of the
+transactions is kept (so one sender's nonces arrive in order)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from fedcoin.node.gossip import Gossip
 
 
 class FlakyTransport:
-    """Peer A is down for its first ``down`` posts, peer B answers 503 for its first ``busy``; a 4xx
-    for transactions marked ``refuse``."""
+    """Peer A is down for its first ``down`` posts, peer B answers 503 for its first ``busy``; a
+    transaction marked ``refuse`` is judged invalid by the peer (in a batch answered 200)."""
 
     def __init__(self, down: int, busy: int) -> None:
         self.down, self.busy = down, busy
@@ -24,21 +25,21 @@ class FlakyTransport:
 
     async def post_json(self, url: str, body: Any, *, retries: int = 2) -> int | None:
         self.attempts += 1
-        peer = url.rsplit("/", 1)[0]
+        peer = url.split("/transactions")[0]
         if peer == "http://a" and self.down > 0:
             self.down -= 1
             return None
         if peer == "http://b" and self.busy > 0:
             self.busy -= 1
             return 503
-        if body.get("refuse"):
-            return 422
-        self.got[peer].append(body["n"])
-        return 202
+        assert url.endswith("/transactions/batch") and isinstance(body, list)
+        self.got[peer].extend(t["n"] for t in body if not t.get("refuse"))
+        return 200
 
 
 def test_every_transaction_reaches_every_peer_in_order_through_outages(monkeypatch):
     monkeypatch.setattr(gossip_mod, "RETRY_MAX_S", 0.02)
+    monkeypatch.setattr(gossip_mod, "BATCH", 16)
     transport = FlakyTransport(down=7, busy=5)
 
     async def main() -> None:
@@ -54,9 +55,9 @@ def test_every_transaction_reaches_every_peer_in_order_through_outages(monkeypat
         g.stop()
 
     asyncio.run(main())
-    expected = [n for n in range(200) if n != 50]  # the refused one (4xx) is not retried
+    expected = [n for n in range(200) if n != 50]  # the refused one is not sent again
     assert transport.got["http://a"] == expected and transport.got["http://b"] == expected
-    assert transport.attempts == 2 * 200 + 7 + 5
+    assert transport.attempts == 2 * 13 + 7 + 5  # 13 batches of at most 16 to each peer, plus the retries
 
 
 def test_a_full_outbox_drops_the_oldest(monkeypatch):

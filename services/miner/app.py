@@ -95,6 +95,11 @@ def create_app() -> FastAPI:
     async def post_transaction(body: Json) -> Json:
         return await host.deliver_transaction(body)
 
+    @app.post("/transactions/batch")
+    async def post_transactions(body: list[Json]) -> Json:
+        """A peer's gossip: up to 200 transactions, each judged on its own (new, known or refused)."""
+        return await host.deliver_transactions(body)
+
     @app.get("/transactions/pending")
     def pending() -> list[Json]:
         return q.pending()

@@ -3,9 +3,10 @@
 Blocks and tasks are broadcast to every peer with a few retries (a miner that
 missed a block fetches it when it syncs). Transactions have no such second
 path, so each peer has an outbox (:meth:`Gossip.send_transaction`): one sender
-per peer posts them in order, and keeps retrying (with backoff) while the peer
-is unreachable or answers 5xx; an answer below 500 ends that transaction's
-delivery to that peer. An outbox holds at most ``MAX_OUTBOX`` transactions (the
+per peer posts them in order, up to ``BATCH`` at a time (``POST
+/transactions/batch``), and keeps retrying (with backoff) while the peer is
+unreachable or answers 5xx; an answer below 500 ends those transactions'
+delivery to that peer (the peer judged each one). An outbox holds at most ``MAX_OUTBOX`` transactions (the
 mempool's size); beyond that the oldest is dropped and logged. PoSap reports
 are superseded by the next one, so each peer gets only the latest, and at most
 one report per peer is in flight: a slow peer can never build up a queue. The mining thread hands reports and blocks
@@ -31,6 +32,7 @@ from .peers import Transport
 log = logging.getLogger("fedcoin.gossip")
 MAX_OUTBOX = 10_000
 RETRY_MAX_S = 5.0
+BATCH = 200  # transactions per POST /transactions/batch (about 90 KB)
 
 
 class Gossip:
@@ -117,12 +119,18 @@ class Gossip:
         delay = 0.25
         try:
             while box:
-                status = await self.transport.post_json(f"{peer}/transactions", box[0], retries=0)
-                if status is None or status >= 500:  # unreachable or failing: keep it, try again later
+                batch = [box[i] for i in range(min(BATCH, len(box)))]
+                try:
+                    status = await self.transport.post_json(f"{peer}/transactions/batch", batch, retries=0)
+                except Exception:  # a transport that fails unexpectedly: keep the batch, try again later
+                    log.exception("gossip to %s failed", peer)
+                    status = None
+                if status is None or status >= 500:  # unreachable or failing: keep them, try again later
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
-                box.popleft()
+                for _ in batch:
+                    box.popleft()
                 delay = 0.25
         finally:
             self._sending.discard(peer)

@@ -21,9 +21,10 @@ from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import FraudProof
-from fedcoin.errors import InvalidInput, OrphanBlock
+from fedcoin.errors import FedcoinError, InvalidInput, OrphanBlock
 from fedcoin.ledger.chain import Chain
 
+from .gossip import BATCH as MAX_BATCH
 from .gossip import Gossip
 from .miner import MinerNode
 from .peers import GOSSIP_TIMEOUT, HttpTransport, Transport
@@ -125,6 +126,30 @@ class MinerHost:
         if added:
             self.gossip.send_transaction(tx.to_dict())
         return {"txid": tx.txid, "status": "pending", "new": added}
+
+    async def deliver_transactions(self, body: Any) -> dict[str, Any]:
+        """A batch of transactions (a peer's gossip): each judged on its own; the new ones go on to the
+        other peers. Answers how many were new, known, and refused (with the first reasons)."""
+        if not isinstance(body, list) or len(body) > MAX_BATCH:
+            raise InvalidInput(f"a batch is a list of at most {MAX_BATCH} transactions")
+        new, known, refused = await asyncio.to_thread(self._add_batch, body)
+        for tx in new:
+            self.gossip.send_transaction(tx.to_dict())
+        return {"new": len(new), "known": known, "refused": len(refused), "reasons": refused[:5]}
+
+    def _add_batch(self, body: list[Any]) -> tuple[list[Transaction], int, list[str]]:
+        new: list[Transaction] = []
+        known, refused = 0, []
+        for item in body:
+            try:
+                tx = Transaction.from_dict(item)
+                if self.node.add_transaction(tx):
+                    new.append(tx)
+                else:
+                    known += 1
+            except FedcoinError as exc:
+                refused.append(str(exc)[:200])
+        return new, known, refused
 
     async def deliver_task(self, body: dict[str, Any]) -> dict[str, Any]:
         """A server-signed Shapley task; its content comes from ``content_uri`` unless given as ``content_b64``."""
