@@ -1241,3 +1241,17 @@ def test_bad_leaf_and_fraud_proof(net, tmp_path):
     # the checker takes the honest block instead
     accept(net, checker, net.block(checker, winner=1, s_avg=VALUES))
     reopened.close()
+
+
+def test_a_full_mempool_still_makes_a_block_of_at_most_the_limit(net):
+    """More pending transactions than a block holds: the block takes what fits with its settlement
+    (a body over the limit could not exist, and would stall every miner)."""
+    from fedcoin.chain.blocks import MAX_TRANSACTIONS
+
+    chain = Chain(net.genesis())
+    pending = [make_transaction(net.requester, net.users[0].account, 1, n) for n in range(MAX_TRANSACTIONS + 5)]
+    block = net.block(chain, txs=pending)
+    assert len(block.body.transactions) == MAX_TRANSACTIONS
+    assert [t.kind for t in block.body.transactions[-4:]] == ["payout", "reward", "reward", "reward"]
+    chain.add_block(block, now=net.NOW)
+    assert chain.nonce(net.requester.account) == MAX_TRANSACTIONS - 4

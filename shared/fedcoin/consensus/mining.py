@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedcoin.chain.blocks import Block, BlockBody, BlockHeader, body_merkle_root, reports_merkle_root
+from fedcoin.chain.blocks import MAX_TRANSACTIONS, Block, BlockBody, BlockHeader, body_merkle_root, reports_merkle_root
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.identity import Identity
@@ -54,8 +54,12 @@ def _body(
     """Pending transactions that apply in order, then Algorithm 3's payout and rewards."""
     txs: list[Transaction] = []
     funding = [tx for tx in task.funding if tx.txid not in state.deposits]
+    settlement = settlement_transactions(task, winner.account, s_avg)
+    room = MAX_TRANSACTIONS - len(settlement)  # a full mempool must not make the block too big to exist
     seen: set[str] = set()
     for tx in [*funding, *transactions]:
+        if len(txs) >= room:
+            break
         if not isinstance(tx, Transaction) or tx.kind not in USER_KINDS or tx.txid in seen:
             continue
         if tx.kind == "refund" and tx.sender == task.deposit:
@@ -67,7 +71,7 @@ def _body(
         seen.add(tx.txid)
         txs.append(tx)
     nonce = state.nonce(winner.account)
-    for kind, recipient, amount in settlement_transactions(task, winner.account, s_avg):
+    for kind, recipient, amount in settlement:
         if kind == "payout" or kind == "commission":
             tx = Transaction(
                 sender=task.payer, recipient=recipient, amount=amount, nonce=0, kind=kind, memo=task.task_id
