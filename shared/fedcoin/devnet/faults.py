@@ -400,9 +400,12 @@ def partition(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
         if all(h and h["height"] > base for h in heads):
             break
         time.sleep(0.5)
-    sides = {h["hash"] for h in heads if h}
+    firsts = []  # each side's block right above the split: different blocks = the sides forked
+    for m in (miners[0], miners[half]):
+        b = _get(http, f"{backend.url(m)}/blocks/{base + 1}")
+        firsts.append(None if b is None else (b["header"]["winner"], b["header"]["timestamp"]))
     backend.join(miners[half:])
-    if len(sides) < 2:
+    if None in firsts or firsts[0] == firsts[1]:
         raise FedcoinError(f"the two sides did not fork while apart (heads {[h and h['height'] for h in heads]})")
 
 
