@@ -40,6 +40,7 @@ Run: python scripts/bench_verify.py [--json PATH] [--dataset mnist --data-dir DI
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import statistics
 import sys
@@ -49,23 +50,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedcoin.chain.clock import now_ms
+from fedcoin.chain.encoding import sha256_hex
+from fedcoin.chain.genesis import ChainParams, GenesisConfig
+from fedcoin.chain.identity import Identity
+from fedcoin.chain.reports import make_report
+from fedcoin.chain.tasks import make_task
+from fedcoin.chain.work import WorkLog
+from fedcoin.consensus.mining import build_block
+from fedcoin.consensus.posap import PoSapMiner
+from fedcoin.consensus.proofs import BadLeaf, WorkVerifier
+from fedcoin.fl.content import pack_task_content, unpack_task_content
+from fedcoin.ledger.chain import Chain
+from fedcoin.valuation.engine import engine_for
+
+# the paper scripts' round (data, partition, FedAvg) and their JSON helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent / "paper"))
-
-from common import EMPTY_VALUE, NUM_CLIENTS, fedavg, load_data, log, machine, partition, write_json  # noqa: E402
-
-from fedcoin.chain.clock import now_ms  # noqa: E402
-from fedcoin.chain.encoding import sha256_hex  # noqa: E402
-from fedcoin.chain.genesis import ChainParams, GenesisConfig  # noqa: E402
-from fedcoin.chain.identity import Identity  # noqa: E402
-from fedcoin.chain.reports import make_report  # noqa: E402
-from fedcoin.chain.tasks import make_task  # noqa: E402
-from fedcoin.chain.work import WorkLog  # noqa: E402
-from fedcoin.consensus.mining import build_block  # noqa: E402
-from fedcoin.consensus.posap import PoSapMiner  # noqa: E402
-from fedcoin.consensus.proofs import BadLeaf, WorkVerifier  # noqa: E402
-from fedcoin.fl.content import pack_task_content, unpack_task_content  # noqa: E402
-from fedcoin.ledger.chain import Chain  # noqa: E402
-from fedcoin.valuation.engine import engine_for  # noqa: E402
+common = importlib.import_module("common")
+EMPTY_VALUE, NUM_CLIENTS = common.EMPTY_VALUE, common.NUM_CLIENTS
+fedavg, load_data, log, machine, partition, write_json = (
+    common.fedavg,
+    common.load_data,
+    common.log,
+    common.machine,
+    common.partition,
+    common.write_json,
+)
 
 KS = (8, 16, 32)
 FRACTIONS = (0.01, 0.1, 1.0)

@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shlex
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from load_test import MINERS, check_ports_free, log, machine, proc_status  # the load test's helpers
 
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.devnet.local import LocalNetwork, plan_network
@@ -44,64 +42,7 @@ from fedcoin.devnet.watch import wait_for_agreement, wait_for_task
 from fedcoin.errors import FedcoinError
 
 Json = dict[str, Any]
-MINERS = 4
-PORT_OFFSETS = (0, 1, 2, *(101 + i for i in range(MINERS)))
 MIB = 1024.0  # kB per MiB
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (kB) of ``pid`` from /proc/<pid>/status; {} when it is gone."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key + "_kb"] = int(rest.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def other_benchmarks() -> list[str]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if "scripts/paper/run.py" in cmd and not cmd.startswith(("bash", "/bin/sh", "sh ")):
-            found.append(cmd)
-    return found
-
-
-def machine() -> Json:
-    return {
-        "cores": os.cpu_count(),
-        "loadavg": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "other_benchmarks": other_benchmarks(),
-    }
-
-
-def check_ports_free(base: int) -> None:
-    busy = []
-    for off in PORT_OFFSETS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
-            try:
-                s.bind(("127.0.0.1", base + off))
-            except OSError:
-                busy.append(base + off)
-    if busy:
-        raise SystemExit(f"ports in use: {busy}; choose another --base-port")
 
 
 def slope(ys: list[float]) -> float | None:

@@ -354,7 +354,7 @@ def test_a_cancelled_task_stops_and_refunds_the_unspent_budget(tmp_path, genesis
     assert doc["status"] == "cancelled" and len(doc["round_results"]) == 1  # round 1 never started
     left = miners.chain.head_state.escrow(doc["deposit_txid"])
     assert left == 500_000  # round 0 paid its half (train + sap + com)
-    server._refunds()
+    server._refunds(every=0)
     refund = server.task("job")["refund"]
     assert refund["status"] == "pending" and refund["amount"] == left
     tx = miners.pool[refund["txid"]]
@@ -378,7 +378,7 @@ def test_a_failed_task_refunds_its_whole_budget_once_the_deposit_is_confirmed(tm
         server.process(doc, stop)
     doc.update(status="failed")
     server._save(doc)
-    server._refunds()  # the deposit is only pending: nothing to refund yet
+    server._refunds(every=0)  # the deposit is only pending: nothing to refund yet
     assert "refund" not in server.task("job")
     # the deposit confirms (in a block settling another server-funded task)
     dep = Transaction.from_dict(doc["deposit"])
@@ -398,6 +398,6 @@ def test_a_failed_task_refunds_its_whole_budget_once_the_deposit_is_confirmed(tm
             miners.chain, task=other, winner=WINNER, leaves=np.ones((1, 1)), reports=[report], transactions=[dep]
         )
     )
-    server._refunds()
+    server._refunds(every=0)
     refund = server.task("job")["refund"]
     assert refund["status"] == "pending" and refund["amount"] == 600_000

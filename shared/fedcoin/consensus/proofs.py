@@ -129,18 +129,18 @@ class WorkVerifier:
         self._passed: OrderedDict[str, None] = OrderedDict()
         self.recomputed = 0  # leaves recomputed so far (for metrics and benchmarks)
 
-    def indices(self, block: Block) -> list[int]:
+    def indices(self, block: Block, leaves: np.ndarray | None = None) -> list[int]:
         """The leaves this node checks in ``block`` (distinct, sorted): the ⌊samples/2⌋ farthest from
-        S_winner, then secretly drawn ones."""
+        S_winner, then secretly drawn ones. ``leaves``: the block's decoded work log, if at hand."""
         n = block.header.iterations
         k = min(self.samples, n)
         targeted: list[int] = []
         work = block.body.work
-        if work is not None:
+        if leaves is None and work is not None:
             leaves = work.leaves()
-            if leaves.shape[0] == n and leaves.shape[1] == len(block.header.s_winner):
-                dev = ((leaves - np.asarray(block.header.s_winner)) ** 2).sum(axis=1)
-                targeted = [int(i) for i in np.argsort(-dev, kind="stable")[: k // 2]]
+        if leaves is not None and leaves.shape == (n, len(block.header.s_winner)):
+            dev = ((leaves - np.asarray(block.header.s_winner)) ** 2).sum(axis=1)
+            targeted = [int(i) for i in np.argsort(-dev, kind="stable")[: k // 2]]
         chosen = set(targeted)
         secret = self._identity.sign(tagged(SAMPLE_DOMAIN, block.hash))
         rng = random.Random(hashlib.sha256(secret.encode() + block.hash.encode()).digest())
@@ -172,7 +172,7 @@ class WorkVerifier:
                 f"the header claims {block.header.iterations} of {task.n_players}",
             )
         marginals = self.marginals_for(task)
-        for t in self.indices(block):
+        for t in self.indices(block, leaves):
             self.recomputed += 1
             err = leaf_error(block.header, task, t, leaves[t], marginals)
             if err > params.work_tolerance:

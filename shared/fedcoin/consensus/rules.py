@@ -173,6 +173,13 @@ def check_work(block: Block, task: ShapleyTask, params: ChainParams) -> np.ndarr
     return leaves
 
 
+def max_report_iterations(params: ChainParams, task: ShapleyTask, parent: Block, at: int) -> float:
+    """The most iterations a report dated ``at`` may claim: ``max_report_rate`` per second since the task
+    and the parent both existed, plus one second's worth."""
+    start = max(task.published_at, parent.header.timestamp)
+    return params.max_report_rate * (at - start + 1000) / 1000
+
+
 def check_reports(block: Block, task: ShapleyTask, parent: Block, params: ChainParams) -> None:
     """S̄ is the iteration-weighted mean of the winner's S and the carried reports: signed reports of
     other admitted miners, one each, on this task and parent, no later than the block, each claiming
@@ -190,7 +197,7 @@ def check_reports(block: Block, task: ShapleyTask, parent: Block, params: ChainP
             problem = "not a report on this block's task and parent"
         elif not start <= r.timestamp <= h.timestamp:
             problem = "dated before its task and parent existed, or after the block"
-        elif r.iterations > params.max_report_rate * (r.timestamp - start + 1000) / 1000:
+        elif r.iterations > max_report_iterations(params, task, parent, r.timestamp):
             problem = f"claims {r.iterations} iterations, more than {params.max_report_rate:g}/s allows"
         else:
             try:

@@ -16,9 +16,9 @@ the timestamp (default ±10 minutes) and returns the payload; a payload model's
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from fedcoin.chain.clock import now_ms
 from fedcoin.chain.encoding import tagged
@@ -77,6 +77,15 @@ class SignedMessage(LedgerModel):
 TRAINING_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def _training_id(v: str) -> str:
+    if not TRAINING_ID_RE.fullmatch(v):
+        raise ValueError("task_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return v
+
+
+TrainingId = Annotated[str, AfterValidator(_training_id)]  # a requester's task id
+
+
 class Payload(BaseModel):
     """The payload of a :class:`SignedMessage` whose ``kind`` is ``KIND``."""
 
@@ -100,18 +109,11 @@ class TrainingRequest(Payload):
     """Requester → server: train a model for ``budget``, paid by the signed ``deposit``."""
 
     KIND: ClassVar[str] = "training-request"
-    task_id: str
+    task_id: TrainingId
     budget: int = Field(gt=0, le=MAX_AMOUNT)
     rounds: int = Field(default=1, ge=1, le=100)
     ratio: tuple[int, int, int] = (7, 1, 2)
     deposit: Transaction
-
-    @field_validator("task_id")
-    @classmethod
-    def _task_id(cls, v: str) -> str:
-        if not TRAINING_ID_RE.fullmatch(v):
-            raise ValueError("task_id must be 1-64 characters of A-Z a-z 0-9 _ -")
-        return v
 
 
 class ClientRegistration(Payload):
@@ -153,11 +155,4 @@ class CancelRequest(Payload):
     """Requester → server: stop the task ``task_id`` and refund what is left of its budget."""
 
     KIND: ClassVar[str] = "cancel-request"
-    task_id: str
-
-    @field_validator("task_id")
-    @classmethod
-    def _task_id(cls, v: str) -> str:
-        if not TRAINING_ID_RE.fullmatch(v):
-            raise ValueError("task_id must be 1-64 characters of A-Z a-z 0-9 _ -")
-        return v
+    task_id: TrainingId

@@ -41,6 +41,7 @@ from fedcoin.chain.reports import ShapleyReport
 from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
+from fedcoin.consensus.rules import max_report_iterations
 from fedcoin.errors import Conflict, FedcoinError, InvalidBlock, InvalidInput, Unavailable
 from fedcoin.ledger.chain import AddResult, Chain, tie_key
 from fedcoin.ledger.mempool import Mempool
@@ -138,7 +139,7 @@ class MinerNode:
         if settled or not self.tasks.claim(task.task_id):  # claim() is the authoritative "known" check
             return False
         with self.lock:
-            waiting = len(self.tasks.all()) - sum(1 for t in self.tasks.all() if self.chain.is_settled(t))
+            waiting = sum(1 for t in self.tasks.all() if not self.chain.is_settled(t))
         if waiting >= MAX_OPEN_TASKS:
             self.tasks.release(task.task_id)
             raise Conflict(f"{waiting} tasks are waiting to be mined here already; retry later")
@@ -168,16 +169,15 @@ class MinerNode:
         report.verify_signature()
         with self.lock:
             parent = self.chain.get(report.prev_hash)
-            task = self.tasks.get(report.task_id)
+            w = self.work  # reports arrive several times a second: the task at work needs no store read
+            task = w.task if w is not None and w.task.task_id == report.task_id else self.tasks.get(report.task_id)
             if parent is not None and task is not None:
-                start = max(task.published_at, parent.header.timestamp)
-                if report.iterations > params.max_report_rate * (report.timestamp - start + 1000) / 1000:
+                if report.iterations > max_report_iterations(params, task, parent, report.timestamp):
                     raise InvalidInput(
                         f"report claims {report.iterations} iterations, more than {params.max_report_rate:g}/s allows"
                     )
                 if len(report.shapley) != task.n_players:
                     raise InvalidInput(f"report has {len(report.shapley)} values, the task {task.n_players} clients")
-            w = self.work
             if w is not None and w.task.task_id == report.task_id and w.head == report.prev_hash:
                 w.posap.receive(report.miner, report)
                 return

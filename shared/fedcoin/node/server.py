@@ -51,6 +51,7 @@ from .settings import ServerSettings
 log = logging.getLogger("fedcoin.server")
 ACTIVE = ("queued", "awaiting-deposit", "training")
 ENDED = ("failed", "cancelled")  # their deposit's unspent escrow goes back to the requester
+REFUND_RETRY_S = 10.0
 Doc = dict[str, Any]
 
 
@@ -74,6 +75,7 @@ class FLServer:
         self.settlement = Settlement(miners, settings.settle_timeout)
         self.lock = threading.RLock()
         self.wake = threading.Event()
+        self._refund_tried: dict[str, float] = {}  # task id -> when its refund was last attempted
 
     def validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._val is None:
@@ -184,11 +186,16 @@ class FLServer:
                 doc.update(status="failed", error=f"{type(exc).__name__}: {exc}")
                 self._save(doc)
 
-    def _refunds(self) -> None:
-        """Refund the unspent budget of failed and cancelled tasks (retried until the escrow is empty)."""
+    def _refunds(self, every: float = REFUND_RETRY_S) -> None:
+        """Refund the unspent budget of failed and cancelled tasks (retried every ``every`` seconds until
+        the escrow is empty)."""
+        now = time.time()
         for doc in self.tasks():
             if doc["status"] not in ENDED or (doc.get("refund") or {}).get("status") == "done":
                 continue
+            if now - self._refund_tried.get(doc["task_id"], -every) < every:
+                continue
+            self._refund_tried[doc["task_id"]] = now
             try:
                 refund = self.settlement.refund(doc, self.identity)
             except FedcoinError as exc:
