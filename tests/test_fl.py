@@ -245,3 +245,52 @@ def test_run_fedavg_records_rounds(fashion):
     assert set(r1.metrics) == {"loss", "accuracy"} and 0.0 <= r1.metrics["accuracy"] <= 1.0
     hist2 = fl_training.run_fedavg(clients, rounds=1, hidden=(16,), iterations=5, seed=1)
     assert all(torch.equal(hist2.rounds[0].global_after[k], r0.global_after[k]) for k in r0.global_after)
+
+
+class _Finalised:
+    """An object whose finaliser runs Python code, so a garbage collection can switch threads."""
+
+    freed = 0
+
+    def __del__(self) -> None:
+        _Finalised.freed += 1
+
+
+def test_weights_unpack_from_many_threads_at_once() -> None:
+    """Servers unpack client updates on worker threads. NumPy parses .npy headers with
+    ast.literal_eval, which CPython 3.11 breaks under concurrent use (gh-106905); with
+    frequent collections and thread switches this fails within a few hundred loads
+    unless content.py serialises the reads."""
+    import gc
+    import sys
+    import threading
+
+    from fedcoin.fl.content import pack_weights, unpack_weights
+
+    weights = {f"layers.{i}.weight": torch.randn(8, 12) for i in range(6)}
+    blob = pack_weights(weights)
+    errors: list[BaseException] = []
+
+    def unpack_many() -> None:
+        try:
+            for _ in range(400):
+                garbage: list[object] = [_Finalised() for _ in range(5)]
+                garbage.append(garbage)
+                got = unpack_weights(blob)
+                assert torch.equal(got["layers.5.weight"], weights["layers.5.weight"])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    old_threshold, old_interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(50, 2, 2)
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=unpack_many) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.set_threshold(*old_threshold)
+        sys.setswitchinterval(old_interval)
+    assert errors == []

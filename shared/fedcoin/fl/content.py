@@ -15,6 +15,7 @@ Task content (what a miner needs to evaluate F(A(W(coalition))))::
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,19 @@ from .model import weight_shapes
 
 MAX_CONTENT_BYTES = 512 * 1024 * 1024
 
+# NumPy parses each array's .npy header with ``ast.literal_eval``, and CPython
+# before 3.12 can fail there with "SystemError: AST constructor recursion depth
+# mismatch" when two threads compile at once (CPython gh-106905). Nodes unpack
+# content from worker threads (a server training clients in parallel), so one
+# archive is read at a time.
+_NPZ_LOCK = threading.Lock()
+
 
 def _load_npz(data: bytes) -> dict[str, np.ndarray]:
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_CONTENT_BYTES:
         raise InvalidInput("content must be bytes of at most 512 MiB")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        with _NPZ_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidInput(f"content is not a valid npz archive: {exc}") from exc
