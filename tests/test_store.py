@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedcoin.chain.transactions import make_transaction
+from fedcoin.chain.work import WorkLog
 from fedcoin.errors import InvalidBlock, StoreError
 from fedcoin.ledger.chain import Chain
 from fedcoin.ledger.store import BlockStore
@@ -63,6 +64,34 @@ def test_reopen_resumes(net, tmp_path):
     third = Chain.open(path, g)
     assert third.height == 7 and state_of(third) == state_of(again)
     third.close()
+
+
+def test_work_logs_stay_on_disk_and_blocks_come_back_whole(net, tmp_path):
+    """A stored chain keeps no work log in memory (they are the bulk of a block: a node's memory
+    would grow by one per task); block_at, get and main_chain read them back, byte for byte."""
+    g = net.genesis()
+    chain = Chain.open(tmp_path / "chain.db", g)
+    blocks = grow(net, chain, 4)
+    assert all(b.body.work is not None for b in blocks)
+    assert all(b.body.work is None for b in chain.main_chain_light()[1:])
+    assert [chain.block_at(b.height) for b in blocks] == blocks
+    assert [chain.get(b.hash) for b in blocks] == blocks
+    assert chain.main_chain()[1:] == blocks and chain.head_block == blocks[-1]
+    assert chain.add_block(blocks[2], now=net.NOW).status == "known"
+    # a copy of a known block whose work log differs from the one its header commits to is refused
+    leaves = blocks[1].body.work.leaves().copy()
+    leaves[0, [0, 1]] = leaves[0, [1, 0]]  # two clients' values swapped: same sums, another log
+    other = WorkLog.from_leaves(leaves, blocks[1].body.work.n_players)
+    forged = blocks[1].model_copy(update={"body": blocks[1].body.model_copy(update={"work": other})})
+    with pytest.raises(InvalidBlock, match="bad-work-root"):
+        chain.add_block(forged, now=net.NOW)
+    chain.close()
+    again = Chain.open(tmp_path / "chain.db", g)
+    assert again.main_chain()[1:] == blocks
+    assert all(b.body.work is None for b in again.main_chain_light()[1:])
+    in_memory = Chain(g)  # without a store the blocks stay whole in memory
+    in_memory.add_chain(blocks, now=net.NOW)
+    assert in_memory.main_chain_light()[1:] == blocks
 
 
 def test_empty_store_reopens_at_genesis(net, tmp_path):

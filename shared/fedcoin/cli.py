@@ -85,7 +85,7 @@ def _print_chain(ch: Chain) -> None:
     table = Table(title=f"chain (height {ch.height})")
     for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
         table.add_column(col)
-    for b in ch.main_chain():
+    for b in ch.main_chain_light():
         h = b.header
         table.add_row(
             str(h.height),

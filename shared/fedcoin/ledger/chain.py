@@ -31,6 +31,7 @@ A call that raises leaves the chain, its store and its head unchanged.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from fedcoin.chain.encoding import sha256_hex, tagged
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.state import ChainState, apply_block
 from fedcoin.chain.tasks import ShapleyTask
+from fedcoin.chain.work import empty_root
 from fedcoin.consensus.difficulty import next_difficulty
 from fedcoin.consensus.proofs import FraudProof, WorkVerifier, fraud_key
 from fedcoin.consensus.rules import check_mutation, verify_block
@@ -74,6 +76,8 @@ class Chain:
     before the call returns, and a reopened chain resumes where it was.
     """
 
+    WHOLE_CACHE = 8  # whole blocks (work logs included) read back from the store, most recent kept
+
     def __init__(
         self, genesis: GenesisConfig, store: BlockStore | None = None, *, verifier: WorkVerifier | None = None
     ) -> None:
@@ -89,6 +93,7 @@ class Chain:
         self._work: dict[str, int] = {g.hash: 0}  # cumulative work of the branch ending at each block
         self._invalid: dict[str, str] = {}
         self._store = store
+        self._whole: OrderedDict[str, Block] = OrderedDict()
         head_state = apply_block(ChainState(), g, check_signatures=False)
         self.supply = head_state.total
         if store is not None:
@@ -115,8 +120,34 @@ class Chain:
         return cls(genesis, BlockStore(path), verifier=verifier)
 
     def _index_block(self, block: Block) -> None:
-        self._index.add(block)
+        self._index.add(self._resident(block))
         self._work[block.hash] = self._work[block.header.prev_hash] + self.block_work(block)
+
+    def _resident(self, block: Block) -> Block:
+        """What the index keeps of ``block`` in memory. With a store, the work log (8 bytes per client
+        and iteration: the bulk of a block) stays on disk once the block is verified and saved; only
+        serving the block needs it, and :meth:`get` and :meth:`block_at` read it back."""
+        if self._store is None or block.body.work is None:
+            return block
+        return block.model_copy(update={"body": block.body.model_copy(update={"work": None})})
+
+    def _read_whole(self, block_hash: str) -> Block | None:
+        """The block as received, work log included (from the store when the index keeps it without)."""
+        resident = self._index.get(block_hash)
+        if resident is None or self._store is None or resident.body.work is not None:
+            return resident
+        if resident.header.work_root == empty_root():
+            return resident  # no work log to restore (genesis, or a block under ``paper``)
+        whole = self._whole.get(block_hash)
+        if whole is None:
+            whole = self._store.get(block_hash)
+            if whole is None:
+                raise StoreError(f"block {block_hash[:16]} is indexed but missing from the store")
+            self._whole[block_hash] = whole
+            while len(self._whole) > self.WHOLE_CACHE:
+                self._whole.popitem(last=False)
+        self._whole.move_to_end(block_hash)
+        return whole
 
     def block_work(self, block: Block) -> int:
         """What a block adds to its branch's work: its verified iterations (1 under ``paper``)."""
@@ -137,7 +168,14 @@ class Chain:
 
     @property
     def head_block(self) -> Block:
-        return self._index[self.head]
+        """The head, whole (work log included)."""
+        whole = self._read_whole(self.head)
+        assert whole is not None
+        return whole
+
+    @property
+    def head_header(self) -> BlockHeader:
+        return self._index[self.head].header
 
     @property
     def height(self) -> int:
@@ -168,14 +206,29 @@ class Chain:
         return task.settlement_key in self._head_state.settled
 
     def block_at(self, height: int) -> Block:
+        """The main chain's block at ``height``, whole (work log included)."""
         if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= self.height:
             raise InvalidInput(f"no block at height {height!r} on the main chain (height is {self.height})")
-        return self._index[self._main[height]]
+        whole = self._read_whole(self._main[height])
+        assert whole is not None
+        return whole
 
     def main_chain(self) -> list[Block]:
+        """The main chain's blocks, whole (with a store, every work log is read back from disk)."""
+        out = [self._read_whole(h) for h in self._main]
+        return [b for b in out if b is not None]
+
+    def main_chain_light(self) -> list[Block]:
+        """The main chain as kept in memory, nothing read from disk: headers, tasks, reports and
+        transactions, and with a store no work logs (what lookups of transactions and tasks need)."""
         return [self._index[h] for h in self._main]
 
     def get(self, block_hash: str) -> Block | None:
+        """A known block by hash, whole (work log included); None if unknown."""
+        return self._read_whole(block_hash)
+
+    def get_light(self, block_hash: str) -> Block | None:
+        """A known block as kept in memory (with a store, without its work log); nothing read from disk."""
         return self._index.get(block_hash)
 
     def __contains__(self, block_hash: object) -> bool:
@@ -195,19 +248,19 @@ class Chain:
         stored = self._index.get(block.hash)
         if stored is None:
             return False
-        if block != stored:
-            check_mutation(block)
+        if self._resident(block) != stored or stored.body.work is None and block.body.work is not None:
+            check_mutation(block)  # the parts kept differ, or the work log must match its root
         return True
 
     def _beats_head(self, work: int, tip: Block) -> bool:
         if work != self.work:
             return work > self.work
-        return tie_key(tip.header) < tie_key(self.head_block.header)
+        return tie_key(tip.header) < tie_key(self.head_header)
 
     @property
     def tie(self) -> str:
         """The head's tie key (what an equal-work rival must be below)."""
-        return tie_key(self.head_block.header)
+        return tie_key(self.head_header)
 
     def _check_condemned(self, block: Block) -> None:
         for h in (block.hash, block.header.prev_hash, fraud_key(block.header)):
@@ -309,7 +362,7 @@ class Chain:
             fork += 1
         depth = len(old_main) - fork
         lookup = removed or {}
-        abandoned = tuple(lookup[h] if h in lookup else self._index[h] for h in old_main[fork:])
+        abandoned = tuple(lookup[h] if h in lookup else self._read_whole(h) or self._index[h] for h in old_main[fork:])
         self._main = new_main
         self._head_state = tip_state
         self._index.remember(tip, tip_state)
@@ -356,15 +409,16 @@ class Chain:
             head = min(
                 (h for h in survivors.tips() if self._work[h] == best), key=lambda h: tie_key(self._index[h].header)
             )
+        removed = {h: self._read_whole(h) or self._index[h] for h in doomed}  # before the store drops them
         if self._store is not None:
             self._store.save([], head, condemn=[bad, key], drop=doomed, why=why)
         self._invalid[bad] = why
         self._invalid[key] = why
         old_main = self._main
-        removed = {h: self._index[h] for h in doomed}
         for h in doomed:
             self._index.remove(h)
             self._work.pop(h, None)
+            self._whole.pop(h, None)
         if head == self.head:
             return AddResult("known", self.head, self.height)
         return self._switch(old_main, head, self._index.state_at(head), removed)

@@ -110,6 +110,19 @@ class BlockStore:
             blocks.append(block)
         return blocks, self.head
 
+    def get(self, block_hash: str) -> Block | None:
+        """One stored block, whole; None if it is not stored."""
+        row = self._conn.execute("SELECT data FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        if row is None:
+            return None
+        try:
+            block = Block.from_json(row[0])
+        except InvalidInput as exc:
+            raise StoreError(f"{self.path}: stored block {block_hash[:16]} is unreadable: {exc}") from exc
+        if block.hash != block_hash:
+            raise StoreError(f"{self.path}: stored block {block_hash[:16]} does not hash to its key")
+        return block
+
     def invalid(self) -> dict[str, str]:
         """Block hashes condemned by fraud proofs, with why."""
         return dict(self._conn.execute("SELECT hash, reason FROM invalid").fetchall())

@@ -168,7 +168,7 @@ class MinerNode:
             raise InvalidInput(f"report timestamp is {abs(current - report.timestamp)} ms from this node's clock")
         report.verify_signature()
         with self.lock:
-            parent = self.chain.get(report.prev_hash)
+            parent = self.chain.get_light(report.prev_hash)
             w = self.work  # reports arrive several times a second: the task at work needs no store read
             task = w.task if w is not None and w.task.task_id == report.task_id else self.tasks.get(report.task_id)
             if parent is not None and task is not None:

@@ -50,14 +50,14 @@ class MinerQueries:
 
     def head(self) -> dict[str, Any]:
         with self.node.lock:
-            b = self.chain.head_block
+            h = self.chain.head_header
             return {
-                "height": b.height,
-                "hash": b.hash,
+                "height": h.height,
+                "hash": h.hash,
                 "work": self.chain.work,
                 "tie": self.chain.tie,
-                "timestamp": b.header.timestamp,
-                "difficulty": b.header.difficulty,
+                "timestamp": h.timestamp,
+                "difficulty": h.difficulty,
                 "next_difficulty": self.chain.next_difficulty(),
                 "genesis": self.chain.genesis.hash,
             }
@@ -74,7 +74,7 @@ class MinerQueries:
                     "iterations": b.header.iterations,
                     "transactions": len(b.body.transactions),
                 }
-                for b in self.chain.main_chain()
+                for b in self.chain.main_chain_light()
             ]
 
     def blocks(self, start: int, end: int | None = None) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ class MinerQueries:
 
     def transaction(self, txid: str) -> dict[str, Any] | None:
         with self.node.lock:
-            for b in reversed(self.chain.main_chain()):
+            for b in reversed(self.chain.main_chain_light()):
                 for tx in b.body.transactions:
                     if tx.txid == txid:
                         return {
@@ -144,7 +144,7 @@ class MinerQueries:
         """Whether ``task_id`` is settled on the main chain (and by which block), or being mined."""
         known = self.node.tasks.get(task_id)
         with self.node.lock:
-            settled = next((b for b in reversed(self.chain.main_chain()) if b.header.task_id == task_id), None)
+            settled = next((b for b in reversed(self.chain.main_chain_light()) if b.header.task_id == task_id), None)
             if known is None and settled is None:
                 return None
             out: dict[str, Any] = {"task_id": task_id, "settled": settled is not None}
