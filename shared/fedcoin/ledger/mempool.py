@@ -35,13 +35,14 @@ class Mempool:
         self.max_pending = max_pending
         self._conn = conn if conn is not None else (connect(path) if path is not None else None)
         self._txs: dict[str, Transaction] = {}
+        self._by_sender: dict[str, dict[str, Transaction]] = {}  # sender -> txid -> its pending transaction
         if self._conn is not None:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS mempool "
                 "(txid TEXT PRIMARY KEY, data TEXT NOT NULL, received_at REAL NOT NULL)"
             )
             for txid, data in self._conn.execute("SELECT txid, data FROM mempool ORDER BY rowid"):
-                self._txs[txid] = Transaction.model_validate_json(data)
+                self._keep(txid, Transaction.model_validate_json(data))
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -77,7 +78,7 @@ class Mempool:
             raise InvalidTransaction(
                 Reason.NONCE_TOO_FAR_AHEAD, f"nonce {tx.nonce} is too far ahead (next is {next_nonce})"
             )
-        mine = [t for t in self._txs.values() if t.sender == tx.sender]
+        mine = self._by_sender.get(tx.sender, {}).values()  # at most MAX_NONCE_GAP + 1 of them
         if any(t.nonce == tx.nonce for t in mine):
             raise InvalidTransaction(
                 Reason.NONCE_CONFLICT, f"another pending transaction of this sender has nonce {tx.nonce}"
@@ -97,7 +98,7 @@ class Mempool:
         """A refund is checked against the head (the escrow it empties); one per deposit is kept."""
         trial = state.copy()
         trial.apply(tx)  # raises InvalidTransaction (bad-refund) when it does not apply
-        if any(t.sender == tx.sender for t in self._txs.values()):
+        if self._by_sender.get(tx.sender):
             raise InvalidTransaction(Reason.NONCE_CONFLICT, "a refund of this deposit is pending already")
         if len(self._txs) >= self.max_pending:
             raise InvalidTransaction(Reason.MEMPOOL_FULL, "too many pending transactions; retry later")
@@ -109,7 +110,11 @@ class Mempool:
             self._conn.execute(
                 "INSERT OR IGNORE INTO mempool VALUES (?, ?, ?)", (tx.txid, tx.model_dump_json(), time.time())
             )
-        self._txs[tx.txid] = tx
+        self._keep(tx.txid, tx)
+
+    def _keep(self, txid: str, tx: Transaction) -> None:
+        self._txs[txid] = tx
+        self._by_sender.setdefault(tx.sender, {})[txid] = tx
 
     def pending(self) -> list[Transaction]:
         """Pending transactions in an order that applies: by sender, then nonce."""
@@ -122,7 +127,11 @@ class Mempool:
         if self._conn is not None:
             self._conn.executemany("DELETE FROM mempool WHERE txid = ?", [(t,) for t in gone])
         for t in gone:
-            del self._txs[t]
+            tx = self._txs.pop(t)
+            mine = self._by_sender[tx.sender]
+            del mine[t]
+            if not mine:
+                del self._by_sender[tx.sender]
 
     def restore(self, blocks: Sequence[Block], state: ChainState) -> list[str]:
         """Return the user transactions of ``blocks`` (abandoned by a reorg, oldest first) to the pool,
