@@ -90,6 +90,8 @@ def test_no_node_outlives_the_demo_process(tmp_path, sig, base):
     driver, info = _start_driver(tmp_path, base)
     pids = list(info["pids"].values())
     assert all(_alive(p) for p in pids)
+    for pid in pids:  # every node runs with its malloc arenas capped (fedcoin.node.settings.SERVICE_ENV)
+        assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     driver.send_signal(sig)
     code = driver.wait(timeout=60)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig)

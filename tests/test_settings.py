@@ -23,6 +23,7 @@ from fedcoin.node.settings import (
     load,
     markdown_table,
     parse_types,
+    service_environment,
 )
 
 
@@ -108,6 +109,11 @@ def test_defaults_are_defined_once_and_rendered_from_the_models():
             assert info.description, f"{cls.__name__}.{name} has no description"
     assert "| `FEDCOIN_CLIENT_TYPES` | `0-9` |" in markdown_table(ClientSettings)
     assert "| `FEDCOIN_GENESIS` | required |" in markdown_table(MinerSettings)
+
+
+def test_services_start_with_capped_malloc_arenas_unless_the_operator_chose():
+    assert service_environment({"PATH": "/bin"}) == {"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}
+    assert service_environment({"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"
 
 
 def test_parse_types():

@@ -25,7 +25,7 @@ from .devnet.simulation import demo_setup, race
 from .devnet.testnet import DEFAULT_DIFFICULTY, DEFAULT_MINERS, init_testnet
 from .errors import FedcoinError
 from .ledger.chain import Chain
-from .node.settings import ROLES, load
+from .node.settings import ROLES, load, service_environment
 from .valuation.exact import exact_shapley
 from .valuation.games import quality_game
 from .valuation.sampling import CoalitionGame
@@ -297,7 +297,7 @@ def serve(
         load(ROLES[role])  # a bad setting fails here, naming the variable, before uvicorn starts
     except FedcoinError as exc:
         _fail(exc)
-    os.execvp(
+    os.execvpe(
         sys.executable,
         [
             sys.executable,
@@ -310,6 +310,7 @@ def serve(
             "--port",
             str(port),
         ],
+        service_environment(os.environ),
     )
 
 

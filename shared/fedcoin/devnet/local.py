@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from fedcoin.errors import FedcoinError, InvalidInput
-from fedcoin.node.settings import parse_types
+from fedcoin.node.settings import parse_types, service_environment
 
 from .testnet import DEFAULT_DIFFICULTY, DEFAULT_RETARGET_WINDOW, DEFAULT_TARGET_BLOCK_MS, init_testnet
 
@@ -175,7 +175,7 @@ class LocalNetwork:
 
     def start(self, name: str) -> None:
         s = self.specs[name]
-        env = {**os.environ, **s.env, "PYTHONUNBUFFERED": "1"}
+        env = service_environment({**os.environ, **s.env, "PYTHONUNBUFFERED": "1"})
         cmd = [
             sys.executable,
             "-m",

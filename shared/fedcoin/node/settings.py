@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -27,6 +28,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from fedcoin.errors import InvalidInput, SettingsError
 
 ENV_PREFIX = "FEDCOIN_"
+
+#: Process environment every service starts with, unless the operator set it. glibc gives each
+#: thread that allocates its own malloc arena; a node's request, gossip, mining and torch
+#: threads then fragment ~8 arenas and its RSS creeps up task after task (measured by
+#: ``make soak``: +1.3 to +1.9 MiB per task on two of four miners, flat with 2 arenas).
+SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+def service_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with :data:`SERVICE_ENV` filled in where it does not set a value."""
+    return {**SERVICE_ENV, **base}
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Metric = Literal["neg_loss", "accuracy"]
 Dataset = Literal["fashion-mnist", "mnist"]
