@@ -141,6 +141,9 @@ def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, pu
         published_at=published_at,
         content_hash=sha256_hex(b"simulated quality game"),
         metric="quality-game",
+        deposit=deposit.txid,  # paid from the deposit's escrow, which the block itself funds
+        budget=budget,
+        rounds=1,
         funding=[deposit],
     )
     return requester, server, miners, clients, chains, task, deposit
