@@ -1,7 +1,8 @@
 """Fault injection on a local-process network (``fedcoin testbed faults --backend local``).
 
-The default suite runs two scenarios end to end on a live local network: a miner killed with
-SIGKILL while it mines, and the FL server killed with SIGKILL during its round. Each must end
+The default suite runs three scenarios end to end on a live local network: a miner killed with
+SIGKILL while it mines, and the FL server killed with SIGKILL during its round's training and
+during its settlement. Each must end
 with every node answering, the task settled, the miners on one head, no confirmed transaction
 lost, no client paid twice and the supply conserved. ``make test-faults`` runs every scenario on
 the compose testbed (Docker), and ``make test-faults-local`` on local processes.
@@ -32,7 +33,7 @@ def network(tmp_path_factory):
         yield net
 
 
-@pytest.mark.parametrize("scenario", ["kill9-miner", "kill-server"])
+@pytest.mark.parametrize("scenario", ["kill9-miner", "kill-server", "kill-server-settling"])
 def test_the_network_recovers_and_keeps_its_invariants(network, scenario):
     out = run_scenario(LocalBackend(network), network.url("requester"), network.url("server"), scenario)
     print(out.to_dict())
@@ -44,7 +45,16 @@ def test_a_disconnect_needs_docker(network):
     backend = LocalBackend(network)
     with pytest.raises(Unsupported):
         backend.disconnect("miner1")
-    assert set(SCENARIOS) >= {"kill9-miner", "pause-miner", "restart-miner", "kill-server", "kill-during-write"}
+    assert set(SCENARIOS) >= {
+        "kill9-miner",
+        "pause-miner",
+        "restart-miner",
+        "kill-server",
+        "kill-server-settling",
+        "kill-during-write",
+        "partition",
+        "partition-minority",
+    }
 
 
 def test_the_invariant_check_fails_on_a_lost_transaction(network):

@@ -78,12 +78,16 @@ class Backend(Protocol):
 
     def join(self, nodes: list[str]) -> None: ...
 
+    def isolate(self, node: str) -> None: ...
+
+    def rejoin(self, node: str) -> None: ...
+
 
 class LocalBackend:
     """Faults as signals to the processes of a :class:`LocalNetwork`."""
 
     name = "local"
-    unsupported = frozenset({"disconnect-miner", "partition"})
+    unsupported = frozenset({"disconnect-miner", "partition", "partition-minority"})
 
     def __init__(self, net: LocalNetwork) -> None:
         self.net = net
@@ -132,6 +136,12 @@ class LocalBackend:
         raise Unsupported("a partition needs the Docker backend")
 
     def join(self, nodes: list[str]) -> None:
+        raise Unsupported("a partition needs the Docker backend")
+
+    def isolate(self, node: str) -> None:
+        raise Unsupported("a partition needs the Docker backend")
+
+    def rejoin(self, node: str) -> None:
         raise Unsupported("a partition needs the Docker backend")
 
 
@@ -212,6 +222,33 @@ class DockerBackend:
     def join(self, nodes: list[str]) -> None:
         for node in nodes:
             self._mesh().connect(self._container(node), aliases=[node])
+
+    def _isolation(self, node: str) -> str:
+        return f"{self.project}_isolated-{node}"
+
+    def isolate(self, node: str) -> None:
+        """Cut ``node`` off every other node but the FL server: it leaves its networks for a
+        private one that only it and the server (under their usual names) are on."""
+        import docker.errors
+
+        name = self._isolation(node)
+        with contextlib.suppress(docker.errors.NotFound):  # left over from an interrupted run
+            old = self.client.networks.get(name)
+            old.reload()
+            for c in old.containers:
+                old.disconnect(c, force=True)
+            old.remove()
+        net = self.client.networks.create(name, driver="bridge", labels={"com.docker.compose.project": self.project})
+        net.connect(self._container("server"), aliases=["server"])
+        self.disconnect(node)
+        net.connect(self._container(node), aliases=[node])
+
+    def rejoin(self, node: str) -> None:
+        net = self.client.networks.get(self._isolation(node))
+        net.disconnect(self._container(node))
+        self.reconnect(node)
+        net.disconnect(self._container("server"))
+        net.remove()
 
 
 # --- observing the network ---------------------------------------------------------------
@@ -362,6 +399,34 @@ def kill_server_mid_round(backend: Backend, http: httpx.Client, rng: random.Rand
     backend.start("server")
 
 
+def kill_server_settling(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """kill -9 the FL server while its round is being settled: after it published the Shapley
+    task, at a random moment around the block that settles it (before or after the block, before
+    the server records the round). On restart the server must pick up its stored pending round,
+    find the settlement on chain (or wait for it) and record each payment exactly once."""
+    deadline = time.time() + 180
+    while time.time() < deadline:  # the round is trained and published
+        docs = _get(http, f"{backend.url('server')}/tasks") or []
+        full = [_get(http, f"{backend.url('server')}/tasks/{d['task_id']}") for d in docs if d["status"] == "training"]
+        if any(d and d.get("pending_round") for d in full):
+            break
+        time.sleep(0.2)
+    else:
+        raise FedcoinError("the server never published its round")
+    _miner_mining(backend, http)
+    heads = {m: (_get(http, f"{backend.url(m)}/chain/head") or {"height": 0})["height"] for m in backend.miners}
+    early = rng.random() < 0.5  # half the time while mining, half just after the block
+    while time.time() < deadline and not early:
+        now = [_get(http, f"{backend.url(m)}/chain/head") for m in backend.miners]
+        if any(h and h["height"] > heads[m] for m, h in zip(backend.miners, now, strict=True)):
+            break
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.0))
+    backend.kill("server")
+    time.sleep(2)
+    backend.start("server")
+
+
 def kill_during_write(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
     """kill -9 a miner at a random moment around the block write of the task it mines."""
     victim = _miner_mining(backend, http)
@@ -409,14 +474,53 @@ def partition(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
         raise FedcoinError(f"the two sides did not fork while apart (heads {[h and h['height'] for h in heads]})")
 
 
+def partition_minority(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Cut one miner off every other node but the FL server while the task is mined (1 against 3).
+    The task is published after the cut, so the lone miner never holds another miner's report on it
+    and cannot settle it (too-few-reports): any block it makes while alone settles an older task.
+    The majority settles the task; after the rejoin every miner converges on one head."""
+    miners = backend.miners
+    lone = miners[-1]
+    base = (_get(http, f"{backend.url(lone)}/chain/head") or {"height": 0})["height"]
+    backend.isolate(lone)
+    cut_ms = int(time.time() * 1000)
+
+    def settled_after_cut(miner: str) -> list[str]:
+        """Tasks published after the cut that ``miner``'s main chain settles above ``base``."""
+        head = _get(http, f"{backend.url(miner)}/chain/head")
+        if head is None:
+            raise FedcoinError(f"{miner} does not answer while one miner is cut off")
+        found = []
+        for h in range(base + 1, head["height"] + 1):
+            task = ((_get(http, f"{backend.url(miner)}/blocks/{h}") or {}).get("body") or {}).get("task") or {}
+            if task.get("published_at", 0) > cut_ms:
+                found.append(str(task.get("task_id")))
+        return found
+
+    try:
+        deadline = time.time() + 240
+        while not settled_after_cut(miners[0]):  # the majority settles the task published after the cut
+            if time.time() > deadline:
+                raise FedcoinError("the majority did not settle the task while one miner was cut off")
+            time.sleep(1.0)
+        time.sleep(3)  # time for the lone miner to (wrongly) settle it too
+        wrong = settled_after_cut(lone)
+        if wrong:
+            raise FedcoinError(f"the lone miner settled {wrong}, published after it was cut off, with no peer report")
+    finally:
+        backend.rejoin(lone)
+
+
 SCENARIOS: dict[str, Fault] = {
     "kill9-miner": kill9_miner,
     "pause-miner": pause_miner,
     "restart-miner": restart_miner,
     "kill-server": kill_server_mid_round,
+    "kill-server-settling": kill_server_settling,
     "kill-during-write": kill_during_write,
     "disconnect-miner": disconnect_miner,
     "partition": partition,
+    "partition-minority": partition_minority,
 }
 
 
