@@ -77,10 +77,16 @@ def verifier(seed: int = 90, samples: int = 16) -> WorkVerifier:
     return WorkVerifier(marginals_for, samples=samples, identity=seed_ident(seed))
 
 
+SAMPLER = ChainParams().sampler  # every chain here keeps the default sampler
+
+
 def honest_leaves(head: str, task: ShapleyTask, miner: str, n: int) -> np.ndarray:
-    """Leaf t = the marginals of the permutation derived from (head, task, miner, t)."""
+    """Leaf t = the marginals of the permutation derived from (head, task, miner, t) with the chain's sampler."""
     return np.stack(
-        [GAME.marginals(derive_permutation(head, task.task_id, miner, t, task.n_players)) for t in range(n)]
+        [
+            GAME.marginals(derive_permutation(head, task.task_id, miner, t, task.n_players, sampler=SAMPLER))
+            for t in range(n)
+        ]
     )
 
 

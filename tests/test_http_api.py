@@ -125,8 +125,16 @@ def test_blocks_are_judged_with_their_reason_and_change_nothing(miner, net, node
     good = net.block(elsewhere, t1)
     tampered = net.reheader(good, None, s_avg=[0.9, 0.05, 0.05])
     error(miner.post("/blocks", json=tampered.to_dict()), 422, "bad-signature")
-    # the same task and work, other winners: one rival below good's tie key, one above
-    rivals = sorted((net.block(Chain(node_env), t1, winner=w) for w in (1, 2, 3)), key=lambda b: tie_key(b.header))
+    # the same task and work (iterations), other winners and S: one rival below good's tie key, one above
+    fresh = Chain(node_env)
+    rivals = sorted(
+        (
+            net.block(fresh, t1, winner=w, s_avg=(0.5, 0.3 - k / 1000, 0.2 + k / 1000))
+            for k in range(20)
+            for w in (1, 2, 3)
+        ),
+        key=lambda b: tie_key(b.header),
+    )
     below = rivals[0] if tie_key(rivals[0].header) < tie_key(good.header) else None
     above = rivals[-1] if tie_key(rivals[-1].header) > tie_key(good.header) else None
     assert below is not None and above is not None

@@ -18,10 +18,12 @@ from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import MINT_ACCOUNT, Transaction, make_transaction
 from fedcoin.chain.work import WorkLog
 from fedcoin.consensus.mining import build_block, seal_block
+from fedcoin.consensus.posap import PoSapMiner, derive_permutation
 from fedcoin.consensus.proofs import FraudProof, WorkVerifier
 from fedcoin.consensus.rules import verify_block
 from fedcoin.errors import InvalidBlock, InvalidInput, OrphanBlock, StaleBlock
 from fedcoin.ledger.chain import Chain, tie_key
+from fedcoin.valuation.sampling import CoalitionGame
 
 
 def resign_tx(tx: Transaction, signer, **updates) -> Transaction:
@@ -640,13 +642,26 @@ def test_resigning_with_another_timestamp_keeps_the_tie_key(env):
     assert chain.head == small.hash
 
 
+def rivals_around(net, chain: Chain, key: str, iterations: int) -> list:
+    """Rivals of ``iterations`` leaves (other winners and S) with tie keys below and above ``key``:
+    as many as it takes to have one on each side, whatever the chain's genesis."""
+    out = []
+    for k in range(100):
+        for w in (0, 2, 3):
+            out.append(net.block(chain, winner=w, iterations=iterations, s_avg=(0.5, 0.3 - k / 1000, 0.2 + k / 1000)))
+        keys = [tie_key(b.header) for b in out]
+        if min(keys) < key < max(keys):
+            return out
+    raise AssertionError("no rivals on both sides of the key")
+
+
 @pytest.mark.parametrize("heavier_key", ["smaller", "larger"])
 def test_more_work_at_equal_height_wins(env, heavier_key):
     """More work beats the head whatever the tie keys; less work is stale whatever the tie keys."""
     net, chain, good, _ = env
-    heavy = [net.block(chain, winner=w, iterations=11) for w in (0, 2, 3)]
-    light = [net.block(chain, winner=w, iterations=9) for w in (0, 2, 3)]
     key = tie_key(good.header)
+    heavy = rivals_around(net, chain, key, 11)
+    light = rivals_around(net, chain, key, 9)
     pick = (lambda b: tie_key(b.header) < key) if heavier_key == "smaller" else (lambda b: tie_key(b.header) > key)
     heavier = next(b for b in heavy if pick(b))
     accept(net, chain, good)
@@ -1241,6 +1256,76 @@ def test_bad_leaf_and_fraud_proof(net, tmp_path):
     # the checker takes the honest block instead
     accept(net, checker, net.block(checker, winner=1, s_avg=VALUES))
     reopened.close()
+
+
+# --- the chain's permutation sampler ----------------------------------------------------------
+
+SQUARE = CoalitionGame(3, lambda s: sum(VALUES[i] for i in s) ** 2)  # marginals depend on the order
+
+
+def square_game(task: ShapleyTask):
+    return SQUARE.marginals
+
+
+def mined_block(net, chain: Chain, sampler: str, iterations: int = 12, winner: int = 1):
+    """An honest block on ``chain``'s head whose work log PoSapMiner computed with ``sampler``
+    (whatever the chain's); a peer reports the same S, so S̄ = S_winner."""
+    task = net.task(f"t{chain.height + 1}", published_at=net.T0 + 1_000 * (chain.height + 1))
+    w = net.miners[winner]
+    m = PoSapMiner(
+        miner=w.account,
+        task_id=task.task_id,
+        prev_hash=chain.head,
+        n_players=task.n_players,
+        marginals=SQUARE.marginals,
+        difficulty=1.0,
+        sampler=sampler,
+    )
+    m.step(iterations)
+    r = net.report(chain, task, winner + 1, m.exact_shapley(), iterations, task.published_at)
+    return build_block(chain, task=task, winner=w, leaves=m.leaves(), reports=[r], timestamp=task.published_at + 500)
+
+
+@pytest.mark.parametrize("sampler", ["stratified", "uniform"])
+def test_work_is_verified_with_the_chains_sampler(net, sampler):
+    """A block mined with the chain's sampler passes recomputation; one mined with the other sampler
+    (honest marginals, but of permutations the chain does not assign) is a bad leaf."""
+    other = "uniform" if sampler == "stratified" else "stratified"
+    chain = Chain(net.genesis(sampler=sampler), verifier=WorkVerifier(square_game))
+    assert chain.params.sampler == sampler
+    reject(net, chain, mined_block(net, chain, other), "bad-leaf")
+    good = mined_block(net, chain, sampler)
+    accept(net, chain, good)
+    assert chain.verifier.recomputed >= 12
+
+
+def test_uniform_leaves_claiming_stratified_params_are_a_bad_leaf(net):
+    g = net.genesis()
+    assert g.params.sampler == "stratified"  # the default
+    checker = Chain(g, verifier=WorkVerifier(square_game))
+    bad = mined_block(net, checker, "uniform")
+    err = reject(net, checker, bad, "bad-leaf")
+    proof = err.proof
+    h, t = bad.header, proof.index
+    assert derive_permutation(h.prev_hash, h.task_id, h.winner, t, 3, sampler="uniform") != derive_permutation(
+        h.prev_hash, h.task_id, h.winner, t, 3, sampler="stratified"
+    )
+    # the proof convinces any node that re-derives with the chain's sampler, and no node that re-derives
+    # with the sampler the leaves were computed with
+    WorkVerifier(square_game, samples=0).check_proof(proof, g.params)
+    with pytest.raises(InvalidInput):
+        WorkVerifier(square_game, samples=0).check_proof(proof, g.params.model_copy(update={"sampler": "uniform"}))
+    trusting = Chain(g, verifier=WorkVerifier(square_game, samples=0))
+    accept(net, trusting, bad)
+    assert trusting.apply_fraud_proof(proof).status == "reorg" and trusting.is_condemned(bad.hash)
+    # the same work done with the chain's sampler is accepted
+    accept(net, checker, mined_block(net, checker, "stratified"))
+
+
+def test_paper_consensus_mines_with_its_sampler_but_verifies_nothing(net):
+    paper = Chain(net.genesis(consensus="paper", sampler="uniform"), verifier=WorkVerifier(square_game))
+    accept(net, paper, mined_block(net, paper, "stratified"))
+    assert paper.verifier.recomputed == 0
 
 
 def test_a_full_mempool_still_makes_a_block_of_at_most_the_limit(net):

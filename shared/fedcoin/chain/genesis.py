@@ -35,6 +35,12 @@ class ChainParams(LedgerModel):
 
     chain_id: str = Field(default="fedcoin-local", min_length=1, max_length=64)
     p: float = Field(default=2.0, ge=1.0, le=64.0, description="the p of the p-norm distance (paper: 2)")
+    sampler: Literal["uniform", "stratified"] = Field(
+        default="stratified",
+        description="how miners derive their permutations (fedcoin.consensus.posap.derive_permutation): "
+        "`uniform`: each one an independent shuffle (paper); `stratified`: each one still uniform, but in "
+        "every cycle of n iterations each client comes first once and last once (lower variance)",
+    )
     initial_difficulty: float = Field(default=1e-2, gt=0)
     target_block_ms: int = Field(default=60_000, gt=0, description="target mining time per block")
     retarget_window: int = Field(default=10, ge=1, le=10_000)

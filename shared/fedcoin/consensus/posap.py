@@ -1,8 +1,10 @@
 """Proof of Shapley (Algorithm 1), free of any transport.
 
 A miner's work on a task is a sequence of iterations; iteration ``t`` uses the
-permutation :func:`derive_permutation` (prev_hash, task_id, miner, t), so any
-node can re-derive and re-check the permutations a miner claims to have used.
+permutation :func:`derive_permutation` (prev_hash, task_id, miner, t, n,
+sampler), so any node can re-derive and re-check the permutations a miner
+claims to have used. The chain fixes the sampler
+(:attr:`fedcoin.chain.genesis.ChainParams.sampler`).
 
 Permutation derivation (fully specified, independent of numpy or Python's
 ``random``)::
@@ -11,7 +13,24 @@ Permutation derivation (fully specified, independent of numpy or Python's
     block_k = SHA-256(seed || k as 8-byte big-endian), k = 0, 1, ...
     words = the 8-byte big-endian unsigned integers of block_0, block_1, ...
     uniform(m): next word w, rejected while w ≥ 2^64 − (2^64 mod m); return w mod m
-    Fisher–Yates: perm = [0..n−1]; for i = n−1 down to 1: j = uniform(i+1); swap perm[i], perm[j]
+    shuffle(xs): for i = len(xs)−1 down to 1: j = uniform(i+1); swap xs[i], xs[j]
+
+``uniform`` sampler: perm = shuffle([0..n−1]) with the words of ``seed``.
+
+``stratified`` sampler: the iterations come in cycles of n, cycle c = t // n,
+slot j = t mod n. The cycle order is::
+
+    cycle_seed = SHA-256(tagged("fedcoin/posap-cycle/v1", [prev_hash, task_id, miner, c]))
+    σ_c = shuffle([0..n−1]) with the words of cycle_seed
+
+and, for n ≥ 2, perm = [σ_c[j]] + shuffle(rest) + [σ_c[(j+1) mod n]], where
+rest lists the other n − 2 players in increasing order and is shuffled with the
+words of ``seed`` (n = 1 gives [0]). Within a cycle every player comes first
+once and last once, which removes most of the estimator's variance that the
+first and last positions carry; yet each permutation on its own is uniform (σ_c
+is uniform, so its entries at j and j+1 mod n are a uniform ordered pair of
+distinct players, and the middle is a uniform shuffle), so the mean of the
+marginal vectors stays an unbiased estimate of the Shapley values.
 
 The running estimate S is the mean of the per-iteration marginal vectors
 (line 11), each kept as a leaf of the miner's work log
@@ -27,6 +46,8 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -37,6 +58,10 @@ from fedcoin.errors import InvalidInput
 from fedcoin.valuation.sampling import RunningMean
 
 SEED_DOMAIN = "fedcoin/posap-seed/v1"
+CYCLE_DOMAIN = "fedcoin/posap-cycle/v1"
+Sampler = Literal["uniform", "stratified"]
+SAMPLERS: tuple[Sampler, ...] = get_args(Sampler)
+DEFAULT_SAMPLER: Sampler = "stratified"
 Vector = Sequence[float] | np.ndarray
 MarginalFn = Callable[[Sequence[int]], Vector]
 
@@ -74,16 +99,65 @@ class _WordStream:
                 return w % m
 
 
-def derive_permutation(prev_hash: str, task_id: str, miner: str, iteration: int, n: int) -> list[int]:
-    """The permutation of ``n`` players that ``miner`` uses in ``iteration``."""
+def _check_n(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InvalidInput("n must be a positive integer")
-    stream = _WordStream(_seed(prev_hash, task_id, miner, iteration))
-    perm = list(range(n))
-    for i in range(n - 1, 0, -1):
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise InvalidInput(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+
+
+def _shuffle(stream: _WordStream, items: list[int]) -> list[int]:
+    """Fisher–Yates in place, drawing from ``stream``; returns ``items``."""
+    for i in range(len(items) - 1, 0, -1):
         j = stream.uniform(i + 1)
-        perm[i], perm[j] = perm[j], perm[i]
-    return perm
+        items[i], items[j] = items[j], items[i]
+    return items
+
+
+# σ_c costs as much as a permutation and serves n of them: memoised (a pure function of its arguments),
+# a stratified permutation costs about what a uniform one does
+@lru_cache(maxsize=256)
+def _cycle_order(prev_hash: str, task_id: str, miner: str, cycle: int, n: int) -> tuple[int, ...]:
+    seed = hashlib.sha256(tagged(CYCLE_DOMAIN, [prev_hash, task_id, miner, cycle])).digest()
+    return tuple(_shuffle(_WordStream(seed), list(range(n))))
+
+
+def cycle_order(prev_hash: str, task_id: str, miner: str, cycle: int, n: int) -> list[int]:
+    """σ_c: the order in which the stratified sampler puts the ``n`` players first (and, shifted by
+    one, last) over the iterations ``cycle·n … cycle·n + n − 1`` of ``miner``."""
+    _check_n(n)
+    if not isinstance(cycle, int) or isinstance(cycle, bool) or cycle < 0:
+        raise InvalidInput("cycle must be a non-negative integer")
+    _seed(prev_hash, task_id, miner, cycle)  # validates the other seed inputs
+    return list(_cycle_order(prev_hash, task_id, miner, cycle, n))
+
+
+def derive_permutation(
+    prev_hash: str, task_id: str, miner: str, iteration: int, n: int, *, sampler: Sampler = "uniform"
+) -> list[int]:
+    """The permutation of ``n`` players that ``miner`` uses in ``iteration`` under ``sampler``.
+
+    ``"uniform"``: a Fisher–Yates shuffle of the iteration's word stream. ``"stratified"``: the
+    cycle order σ_c (:func:`cycle_order`, c = iteration // n) gives the first player σ_c[j] and the
+    last σ_c[(j + 1) mod n] (j = iteration mod n), the iteration's word stream shuffles the rest
+    between them. Both are uniform permutations; the stratified one makes each player first once and
+    last once in every cycle of ``n`` iterations. Raises InvalidInput on bad input.
+    """
+    _check_n(n)
+    _check_sampler(sampler)
+    stream = _WordStream(_seed(prev_hash, task_id, miner, iteration))
+    if sampler == "uniform":
+        return _shuffle(stream, list(range(n)))
+    if n == 1:
+        return [0]
+    cycle, slot = divmod(iteration, n)
+    order = _cycle_order(prev_hash, task_id, miner, cycle, n)
+    first, last = order[slot], order[(slot + 1) % n]
+    middle = _shuffle(stream, [p for p in range(n) if p != first and p != last])
+    return [first, *middle, last]
 
 
 def p_distance(a: Vector, b: Vector, p: float = 2.0) -> float:
@@ -138,6 +212,11 @@ class PoSapMiner:
     reports, and :meth:`is_winner` to check line 17. ``min_peers`` is the
     number of other miners whose reports must be in S̄ before this miner may
     win (1 by default, so a miner never wins on its own average alone).
+    ``sampler`` picks the permutations (:func:`derive_permutation`); a node
+    passes its chain's ``params.sampler``, since verifiers re-derive the
+    permutations with it. It defaults to the default of
+    :attr:`fedcoin.chain.genesis.ChainParams.sampler`, ``"stratified"``, so a
+    miner that names none mines work a chain with default parameters accepts.
     """
 
     def __init__(
@@ -151,6 +230,7 @@ class PoSapMiner:
         difficulty: float,
         p: float = 2.0,
         min_peers: int = 1,
+        sampler: Sampler = DEFAULT_SAMPLER,
     ) -> None:
         if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 1:
             raise InvalidInput("n_players must be a positive integer")
@@ -160,6 +240,7 @@ class PoSapMiner:
             raise InvalidInput("difficulty must be a positive finite number")
         if not isinstance(min_peers, int) or min_peers < 0:
             raise InvalidInput("min_peers must be a non-negative integer")
+        _check_sampler(sampler)
         p_distance([0.0], [0.0], p)  # validates p
         _seed(prev_hash, task_id, miner, 0)  # validates the seed inputs
         self.miner = miner
@@ -169,6 +250,7 @@ class PoSapMiner:
         self.difficulty = float(difficulty)
         self.p = p
         self.min_peers = min_peers
+        self.sampler: Sampler = sampler
         self._marginals = marginals
         self._running = RunningMean(n_players)
         self._leaves: list[np.ndarray] = []
@@ -189,7 +271,9 @@ class PoSapMiner:
     def step(self, count: int = 1) -> Report:
         """Run ``count`` iterations (lines 4–12) and return the report to broadcast."""
         for _ in range(count):
-            perm = derive_permutation(self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players)
+            perm = derive_permutation(
+                self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players, sampler=self.sampler
+            )
             leaf = np.array(self._marginals(perm), dtype=np.float64)
             self._running.update(leaf)  # line 11; rejects a wrong length or non-finite values
             self._leaves.append(leaf)

@@ -4,9 +4,10 @@
 the work log matches its root and leaf count, S_winner is the leaves' exact
 mean and every leaf sums to one v(N) − v(∅). What it cannot check is that the
 leaves are the marginals of their permutations. :class:`WorkVerifier` does: it
-recomputes ``samples`` leaves of every block it is shown and compares them with
-the log (within the chain's ``work_tolerance``, which absorbs float32
-differences between CPU and GPU evaluation).
+recomputes ``samples`` leaves of every block it is shown (their permutations
+re-derived with the chain's ``sampler``) and compares them with the log (within
+the chain's ``work_tolerance``, which absorbs float32 differences between CPU
+and GPU evaluation).
 
 Which leaves? Half of the samples (rounded down) go to the most influential
 leaves: those farthest (L2) from S_winner, ties to the lower index. A leaf
@@ -52,7 +53,7 @@ from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.work import leaf_hash
 from fedcoin.errors import InvalidBlock, InvalidInput, InvalidSignature, Reason
 
-from .posap import derive_permutation
+from .posap import Sampler, derive_permutation
 
 SAMPLE_DOMAIN = "fedcoin/verify-sample/v1"
 DEFAULT_SAMPLES = 16
@@ -95,9 +96,12 @@ class BadLeaf(InvalidBlock):
         return (BadLeaf, (self.proof, self.message))
 
 
-def leaf_error(header: BlockHeader, task: ShapleyTask, index: int, leaf: np.ndarray, marginals: MarginalFn) -> float:
-    """The largest |recomputed − logged| value of leaf ``index``."""
-    perm = derive_permutation(header.prev_hash, header.task_id, header.winner, index, task.n_players)
+def leaf_error(
+    header: BlockHeader, task: ShapleyTask, index: int, leaf: np.ndarray, marginals: MarginalFn, *, sampler: Sampler
+) -> float:
+    """The largest |recomputed − logged| value of leaf ``index``, its permutation re-derived with the
+    chain's ``sampler``."""
+    perm = derive_permutation(header.prev_hash, header.task_id, header.winner, index, task.n_players, sampler=sampler)
     recomputed = np.asarray(marginals(perm), dtype=np.float64)
     if recomputed.shape != leaf.shape:
         raise InvalidInput(f"marginals have shape {recomputed.shape}, the leaf {leaf.shape}")
@@ -174,7 +178,7 @@ class WorkVerifier:
         marginals = self.marginals_for(task)
         for t in self.indices(block, leaves):
             self.recomputed += 1
-            err = leaf_error(block.header, task, t, leaves[t], marginals)
+            err = leaf_error(block.header, task, t, leaves[t], marginals, sampler=params.sampler)
             if err > params.work_tolerance:
                 proof = FraudProof(header=block.header, task=task, index=t, leaf=leaves[t].tolist(), path=work.path(t))
                 raise BadLeaf(proof, f"leaf {t} is off by {err:.3g} (> {params.work_tolerance:g}) when recomputed")
@@ -194,7 +198,7 @@ class WorkVerifier:
             raise InvalidInput("fraud proof: the leaf does not have one value per client")
         if not verify_merkle_path(leaf_hash(proof.index, leaf), proof.index, h.iterations, proof.path, h.work_root):
             raise InvalidInput("fraud proof: the leaf is not in the block's work log")
-        err = leaf_error(h, proof.task, proof.index, leaf, self.marginals_for(proof.task))
+        err = leaf_error(h, proof.task, proof.index, leaf, self.marginals_for(proof.task), sampler=params.sampler)
         self.recomputed += 1
         if err <= params.work_tolerance:
             raise InvalidInput(f"fraud proof: leaf {proof.index} recomputes within tolerance ({err:.3g})")

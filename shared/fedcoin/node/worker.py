@@ -103,6 +103,7 @@ class PoSapWorker:
             difficulty=chain.next_difficulty(),
             p=chain.params.p,
             min_peers=node.min_peers,
+            sampler=chain.params.sampler,
         )
         for peer, rep in node.take_early_reports(task.task_id, chain.head).items():
             posap.receive(peer, rep)
