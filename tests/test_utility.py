@@ -255,3 +255,19 @@ def test_cuda_matches_cpu(problem):  # pragma: no cover - runs only with a GPU
     gpu = ShapleyEngine(*args, device="cuda")
     for perm in random_permutations(K, 3, seed=0):
         assert np.max(np.abs(cpu.marginals(perm) - gpu.marginals(perm))) <= 1e-5
+
+
+def test_accuracy_metric_is_the_first_maximum_rule_ties_included():
+    """metric_values decides accuracy without an argmax; it must agree with argmax (first maximum on
+    ties) exactly, on ties before, at and after the label."""
+    from fedcoin.valuation.problem import metric_values
+
+    g = torch.Generator().manual_seed(3)
+    P, C, M = 7, 10, 500
+    logits = torch.randint(-3, 4, (P, C, M), generator=g).float()  # few distinct values: many ties
+    y = torch.randint(0, C, (M,), generator=g)
+    expected = (logits.argmax(dim=1) == y.view(1, M)).double().mean(dim=1)
+    got = metric_values(logits, y, "accuracy")
+    assert torch.equal(got, expected)
+    tied = (logits == logits.amax(dim=1, keepdim=True)).sum(dim=1) > 1
+    assert tied.float().mean() > 0.2  # the case is exercised

@@ -101,6 +101,13 @@ class ShapleyEngine(UtilityBase):
         """Bytes of the precomputed per-client tensors (``Z`` and later layers)."""
         return self._sums.workspace_bytes
 
+    @property
+    def flop_per_permutation(self) -> int:
+        """Floating-point operations of the later layers' products over all ``K`` prefixes of one
+        permutation (2 per multiply-add): the arithmetic no evaluation order can avoid."""
+        per_sample = sum(int(W.shape[1]) * int(W.shape[2]) for W, _ in self._sums.later)
+        return 2 * self._p.K * self._p.M * per_sample
+
     def _coalition_value(self, members: list[int]) -> float:
         S, sums, inv = self._sums.coalition(members)
         logits = prefix_logits(S, effective_later(sums, inv), inv)
@@ -138,11 +145,10 @@ class ShapleyEngine(UtilityBase):
         carry = sums.zero_carry()
         eff: LayerSums = []
         logits_all = torch.empty((K, p.num_classes, p.M), dtype=torch.float32, device=dev) if tol is None else None
-        # buf holds raw running sums (its last used slot is the carry into the
-        # next chunk), hb the ReLU of a chunk; both stay cache-resident on CPU.
+        # buf holds a chunk's running sums, then (in place) their ReLU; the raw sum
+        # of its last prefix is kept in carry for the next chunk. Both stay in cache.
         buf = torch.empty((min(c, K),) + tuple(sums.Z.shape[1:]), dtype=torch.float32, device=dev)
-        hb = torch.empty_like(buf)
-        prev = torch.zeros(sums.Z.shape[1:], dtype=torch.float32, device=dev)
+        carry_s = torch.zeros(sums.Z.shape[1:], dtype=torch.float32, device=dev)
         perm_list = perm.tolist()
         b0 = 0
         for a in range(0, K, c):
@@ -151,14 +157,14 @@ class ShapleyEngine(UtilityBase):
                 b0 = a
                 later, carry = sums.later_running(perm_t[a : a + block], carry)
                 eff = effective_later(later, inv_all[a : a + block])
-            prev = sums.first_layer_running(perm_list[a : a + m], prev, buf)
+            carry_s.copy_(sums.first_layer_running(perm_list[a : a + m], carry_s, buf))
             o = a - b0
             chunk_eff = [(W[o : o + m], b[o : o + m]) for W, b in eff]
             inv = inv_all[a : a + m]
             if logits_all is not None:
-                prefix_logits(buf[:m], chunk_eff, inv, out=logits_all[a : a + m], relu_out=hb[:m])
+                prefix_logits(buf[:m], chunk_eff, inv, out=logits_all[a : a + m])
                 continue
-            v = metric_values(prefix_logits(buf[:m], chunk_eff, inv, relu_out=hb[:m]), p.y, p.metric).cpu().numpy()
+            v = metric_values(prefix_logits(buf[:m], chunk_eff, inv), p.y, p.metric).cpu().numpy()
             vals[a + 1 : a + 1 + m] = v
             hit = np.flatnonzero(np.abs(v - self.full_value) <= tol)
             if hit.size:

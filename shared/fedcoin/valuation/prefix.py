@@ -132,12 +132,11 @@ def prefix_logits(
     eff: LayerSums,
     inv: torch.Tensor,
     out: torch.Tensor | None = None,
-    relu_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits ``(c, O, M)`` of prefixes from first-layer running sums ``S`` (c, M, H1).
 
-    ``eff`` from :func:`effective_later`.  The ReLU is written to ``relu_out``
-    when given, else ``S`` is overwritten.
+    ``eff`` from :func:`effective_later`.  The ReLU is taken in place: ``S`` is
+    overwritten (a caller that needs a raw sum afterwards keeps a copy).
     """
     if not eff:  # no hidden layer: logits are S / N
         res = S.transpose(1, 2) * inv.view(-1, 1, 1).to(torch.float32)
@@ -145,7 +144,7 @@ def prefix_logits(
             out.copy_(res)
             return out
         return res
-    h = torch.clamp_min(S, 0.0, out=relu_out) if relu_out is not None else torch.relu_(S)
+    h = torch.relu_(S)
     h = h.transpose(1, 2)  # (c, H1, M); the true activation is h / N
     last = len(eff) - 1
     for li, (W, b) in enumerate(eff):

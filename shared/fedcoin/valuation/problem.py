@@ -45,14 +45,25 @@ def metric_values(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.T
     ``neg_loss`` = minus the mean over samples of the cross-entropy: the
     per-sample losses come from ``F.cross_entropy`` in float32 (a
     max-shifted log-softmax, error ~1e-7 per sample), the mean is float64.
-    ``accuracy`` = mean of ``argmax == y`` (first maximum on ties).
+    ``accuracy`` = mean of ``argmax == y`` (first maximum on ties), decided without an argmax:
+    a sample is right when its label's logit is above every class before the label and not below
+    any class after it, which is exactly when the first maximum is the label. Each class's
+    ``(P, M)`` slice is contiguous along the samples, so this is O elementwise passes; an argmax
+    over the strided class axis took 40% of a permutation's time.
     """
-    P, _, M = logits.shape
+    P, n_classes, M = logits.shape
     target = y.view(1, M).expand(P, M)
     if metric == "neg_loss":
         losses = F.cross_entropy(logits, target, reduction="none")  # (P, M)
         return losses.mean(dim=1, dtype=torch.float64).neg_()
-    return (logits.argmax(dim=1) == target).double().mean(dim=1)
+    label = logits.gather(1, y.view(1, 1, M).expand(P, 1, M)).squeeze(1)  # (P, M)
+    right = torch.ones((P, M), dtype=torch.bool, device=logits.device)
+    below = torch.empty((P, M), dtype=torch.bool, device=logits.device)
+    for c in range(n_classes):
+        x = logits[:, c, :]
+        torch.where(y.view(1, M) > c, x < label, x <= label, out=below)
+        right &= below
+    return right.double().mean(dim=1)
 
 
 def check_permutation(permutation: object, n_players: int) -> np.ndarray:
