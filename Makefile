@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-verify load soak docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-shapley bench-engine bench-verify load soak docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -37,8 +37,14 @@ demo: $(BIN)/fedcoin ## the whole network as local processes, one paid training 
 simulate: $(BIN)/fedcoin ## one in-process PoSap round among 4 miners, paid by Algorithm 3
 	$(BIN)/fedcoin simulate
 
-bench: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator
+bench: $(BIN)/fedcoin ## Shapley estimators vs their peers: error at equal time, time to 5% (K=100) and 1% (K=16); ~45 min
+	$(BIN)/python scripts/bench_accuracy.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_accuracy.json
+
+bench-shapley: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator (speed, convergence, roofline)
 	$(BIN)/python scripts/bench_shapley.py
+
+bench-engine: $(BIN)/fedcoin ## engine perm/s vs this machine's bandwidth and matmul bounds at 1 and 2 threads; sampler variance
+	$(BIN)/python scripts/bench_engine.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_engine.json
 
 bench-verify: $(BIN)/fedcoin ## what verifying a block's work costs on the paper's round (K = 100)
 	$(BIN)/python scripts/bench_verify.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_verify.json
