@@ -3,7 +3,8 @@
 Verifiable work (Proof of Shapley that is a proof). Leaf ``t`` of a winner's
 log is the marginal-contribution vector of the permutation
 :func:`fedcoin.consensus.posap.derive_permutation` (prev_hash, task_id,
-winner, t); the log travels in the block body and the header commits to it:
+winner, t, under the chain's ``sampler``); the log travels in the block body
+and the header commits to it:
 
 - ``work_root`` is the Merkle root (:mod:`fedcoin.chain.merkle`) of the leaf
   hashes ``SHA-256("fedcoin/work-leaf/v1" || t as 8-byte big-endian || the
