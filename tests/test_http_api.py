@@ -187,3 +187,18 @@ def test_the_service_docs_list_its_settings_from_the_model(miner):
     description = miner.get("/openapi.json").json()["info"]["description"]
     for name in MinerSettings.model_fields:
         assert description.count(f"{env_name(name)} =") == 1
+
+
+def test_pending_transactions_come_in_pages(miner, net):
+    rich = net.users[0]
+    sent = [make_transaction(rich, USER.account, 5 + i, i) for i in range(5)]
+    for tx in sent:
+        assert miner.post("/transactions", json=tx.to_dict()).status_code == 202
+    everything = miner.get("/transactions/pending").json()
+    assert [t["nonce"] for t in everything] == [0, 1, 2, 3, 4]
+    pages = [miner.get("/transactions/pending", params={"offset": o, "limit": 2}).json() for o in (0, 2, 4, 6)]
+    assert [len(p) for p in pages] == [2, 2, 1, 0]
+    assert [t for p in pages for t in p] == everything
+    error(miner.get("/transactions/pending", params={"limit": 0}), 422, "malformed")
+    error(miner.get("/transactions/pending", params={"limit": 10_001}), 422, "malformed")
+    error(miner.get("/transactions/pending", params={"offset": -1}), 422, "malformed")

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Query
 
 from fedcoin.errors import NotFound
+from fedcoin.ledger.mempool import MAX_PENDING
 from fedcoin.node.miner_host import MinerHost
 from fedcoin.node.runtime import start_node
 from fedcoin.node.settings import MinerSettings, load
@@ -101,8 +102,10 @@ def create_app() -> FastAPI:
         return await host.deliver_transactions(body)
 
     @app.get("/transactions/pending")
-    def pending() -> list[Json]:
-        return q.pending()
+    def pending(offset: int = Query(0, ge=0), limit: int = Query(MAX_PENDING, ge=1, le=MAX_PENDING)) -> list[Json]:
+        """Pending transactions by sender and nonce, ``limit`` of them from ``offset`` (all by default:
+        the mempool holds at most 10,000)."""
+        return q.pending(offset, limit)
 
     @app.get("/transactions/{txid}")
     def transaction(txid: str) -> Json:

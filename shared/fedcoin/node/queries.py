@@ -112,9 +112,12 @@ class MinerQueries:
             return {"txid": txid, "status": "pending", "transaction": pending.to_dict()}
         return None
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Pending transactions in the order a block would take them (sender, nonce), a page of them."""
         with self.node.lock:
-            return [t.to_dict() for t in self.node.mempool.pending()]
+            txs = self.node.mempool.pending()
+        end = None if limit is None else offset + limit
+        return [t.to_dict() for t in txs[offset:end]]
 
     def balances(self) -> dict[str, Any]:
         with self.node.lock:
