@@ -84,7 +84,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from bench_shapley import setup
+from bench_shapley import fmt_time, setup
 
 from fedcoin.consensus.posap import Sampler, derive_permutation
 from fedcoin.valuation.engine import ShapleyEngine
@@ -1032,18 +1032,6 @@ def run_round(args: argparse.Namespace, key: str, rnd: dict[str, Any], log: Call
     return out
 
 
-def fmt_s(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "never"
-    if s < 120:
-        return f"{s:.3g} s"
-    if s < 7200:
-        return f"{s / 60:.3g} min"
-    if s < 172800:
-        return f"{s / 3600:.3g} h"
-    return f"{s / 86400:.3g} d"
-
-
 def print_tables(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -1077,7 +1065,7 @@ def print_tables(res: dict[str, Any]) -> None:
                 table.add_row(name, *(["-"] * len(budgets)), "skipped", "", "", "", "")
                 continue
             errs = [("-" if (e := m[err_key][f"{b:g}"]) is None else f"{e:.1%}") for b in budgets]
-            tt = fmt_s(m["t_target_s"]) + ("*" if m["extrapolated"] else "")
+            tt = fmt_time(m["t_target_s"]) + ("*" if m["extrapolated"] else "")
             fl = "-" if m["error_floor"] is None else f"{m['error_floor']:.1%}"
             unit = "perm" if m["sample_unit"] == "permutations" else "eval"
             label = name + (f" [{m['approximator']}]" if "approximator" in m else "")

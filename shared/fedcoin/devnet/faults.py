@@ -362,6 +362,16 @@ def _miner_mining(backend: Backend, http: httpx.Client, timeout: float = 120.0) 
     raise FedcoinError("no miner started mining the task")
 
 
+def _wait_block(backend: Backend, http: httpx.Client, deadline: float) -> None:
+    """Wait (until ``deadline``) for the next block: some miner's head rises above where it is now."""
+    heads = {m: (_get(http, f"{backend.url(m)}/chain/head") or {"height": 0})["height"] for m in backend.miners}
+    while time.time() < deadline:
+        now = {m: _get(http, f"{backend.url(m)}/chain/head") for m in backend.miners}
+        if any(h and h["height"] > heads[m] for m, h in now.items()):
+            return
+        time.sleep(0.02)
+
+
 def kill9_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
     """kill -9 a miner while it mines; start it again 3 s later."""
     victim = _miner_mining(backend, http)
@@ -414,13 +424,8 @@ def kill_server_settling(backend: Backend, http: httpx.Client, rng: random.Rando
     else:
         raise FedcoinError("the server never published its round")
     _miner_mining(backend, http)
-    heads = {m: (_get(http, f"{backend.url(m)}/chain/head") or {"height": 0})["height"] for m in backend.miners}
-    early = rng.random() < 0.5  # half the time while mining, half just after the block
-    while time.time() < deadline and not early:
-        now = [_get(http, f"{backend.url(m)}/chain/head") for m in backend.miners]
-        if any(h and h["height"] > heads[m] for m, h in zip(backend.miners, now, strict=True)):
-            break
-        time.sleep(0.05)
+    if rng.random() >= 0.5:  # half the time while mining, half just after the block
+        _wait_block(backend, http, deadline)
     time.sleep(rng.uniform(0.0, 1.0))
     backend.kill("server")
     time.sleep(2)
@@ -430,13 +435,7 @@ def kill_server_settling(backend: Backend, http: httpx.Client, rng: random.Rando
 def kill_during_write(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
     """kill -9 a miner at a random moment around the block write of the task it mines."""
     victim = _miner_mining(backend, http)
-    head = _get(http, f"{backend.url(victim)}/chain/head") or {"height": 0}
-    deadline = time.time() + 120
-    while time.time() < deadline:  # the block is coming: some miner's head moves
-        heads = [_get(http, f"{backend.url(m)}/chain/head") for m in backend.miners]
-        if any(h and h["height"] > head["height"] for h in heads):
-            break
-        time.sleep(0.02)
+    _wait_block(backend, http, time.time() + 120)  # the block is coming: some miner's head moves
     backend.kill(victim)
     time.sleep(1)
     backend.start(victim)

@@ -121,6 +121,8 @@ class Chain:
 
     def _index_block(self, block: Block) -> None:
         self._index.add(self._resident(block))
+        if self._store is not None and block.body.work is not None:
+            self._keep_whole(block)  # peers relay a new block several times: their copies compare to this
         self._work[block.hash] = self._work[block.header.prev_hash] + self.block_work(block)
 
     def _resident(self, block: Block) -> Block:
@@ -143,11 +145,14 @@ class Chain:
             whole = self._store.get(block_hash)
             if whole is None:
                 raise StoreError(f"block {block_hash[:16]} is indexed but missing from the store")
-            self._whole[block_hash] = whole
-            while len(self._whole) > self.WHOLE_CACHE:
-                self._whole.popitem(last=False)
-        self._whole.move_to_end(block_hash)
+        self._keep_whole(whole)
         return whole
+
+    def _keep_whole(self, block: Block) -> None:
+        self._whole[block.hash] = block
+        self._whole.move_to_end(block.hash)
+        while len(self._whole) > self.WHOLE_CACHE:
+            self._whole.popitem(last=False)
 
     def block_work(self, block: Block) -> int:
         """What a block adds to its branch's work: its verified iterations (1 under ``paper``)."""
@@ -248,8 +253,13 @@ class Chain:
         stored = self._index.get(block.hash)
         if stored is None:
             return False
-        if self._resident(block) != stored or stored.body.work is None and block.body.work is not None:
-            check_mutation(block)  # the parts kept differ, or the work log must match its root
+        whole = self._whole.get(block.hash)
+        if whole is not None:
+            differs = block != whole
+        else:  # the work log is on disk: compare the rest, and check the copy's log against its root
+            differs = self._resident(block) != stored or (stored.body.work is None and block.body.work is not None)
+        if differs:
+            check_mutation(block)
         return True
 
     def _beats_head(self, work: int, tip: Block) -> bool:
