@@ -111,7 +111,12 @@ paper-quick: $(BIN)/fedcoin ## the CI-sized reproduction (< 5 min) into build/pa
 test-faults: ## fault injection on the compose testbed (kill -9, pause, restart, server crash, crash mid-write, disconnect)
 	$(MAKE) up
 	$(BIN)/fedcoin testbed faults --backend docker --project $(COMPOSE_PROJECT) --json build/faults-docker.json; \
-	status=$$?; $(MAKE) down; exit $$status
+	status=$$?; \
+	if [ $$status -ne 0 ]; then $(DC) logs --no-color --timestamps > build/faults-docker-logs.txt 2>&1 || true; fi; \
+	$(MAKE) down; \
+	$(BIN)/fedcoin testbed faults-report build/faults-docker.json || true; \
+	if [ $$status -ne 0 ]; then echo "test-faults: failed; the testbed's logs are in build/faults-docker-logs.txt"; fi; \
+	exit $$status
 
 test-faults-local: $(BIN)/fedcoin ## the same scenarios on a local-process network (no Docker; no disconnect)
 	$(BIN)/fedcoin testbed faults --backend local --json build/faults-local.json

@@ -151,3 +151,42 @@ def test_task_content_rejections():
     as64 = {k: v.double() for k, v in _weights(1).items()}
     with pytest.raises(InvalidInput):
         unpack_task_content(pack_task_content([as64], [10], X, y, w))
+
+
+def _gateway_over(handlers):
+    """An HttpMinerGateway over an in-process transport: ``handlers`` maps a miner's host to a
+    function of the request (which may block, like a peer that silently vanished)."""
+    import httpx
+
+    from fedcoin.node.peers import HttpMinerGateway
+
+    def route(request):
+        return handlers[request.url.host](request)
+
+    http = httpx.Client(transport=httpx.MockTransport(route))
+    miners = [f"http://{h}" for h in handlers]
+    return HttpMinerGateway(miners, http), http
+
+
+def test_miner_reads_do_not_add_up_the_timeouts_of_vanished_miners():
+    import time
+
+    import httpx
+
+    def vanished(request):  # answers nothing until the read timeout, like a dead TCP peer
+        time.sleep(1.0)
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    def settled(request):
+        return httpx.Response(200, json={"settled": True, "block_hash": "ab"})
+
+    gw, http = _gateway_over({"m1": vanished, "m2": vanished, "m3": settled, "m4": vanished})
+    with http:
+        t0 = time.monotonic()
+        assert gw.get_all("/tasks/x") == [{"settled": True, "block_hash": "ab"}]
+        assert time.monotonic() - t0 < 2.5  # one timeout (1 s), not three in a row
+    gw, http = _gateway_over({"m3": settled, "m1": vanished})
+    with http:
+        t0 = time.monotonic()
+        assert gw.get("/tasks/x") == {"settled": True, "block_hash": "ab"}
+        assert time.monotonic() - t0 < 0.8  # the first answer does not wait for the vanished miner

@@ -234,24 +234,46 @@ def testbed_faults(
             for i, name in enumerate(names):
                 outcomes.append(run_scenario(lb, net.url("requester"), net.url("server"), name, seed=seed + i))
                 _print_outcome_line(outcomes[-1])
-    table = Table(title=f"faults ({backend} backend, {time.time() - t0:.0f} s)")
-    for col in ("scenario", "status", "responsive s", "task done s", "converged s", "detail"):
-        table.add_column(col)
-    for o in outcomes:
-        t = o.timings
-        table.add_row(
-            o.scenario,
-            o.status,
-            *(f"{t[k]:.1f}" if k in t else "—" for k in ("responsive_s", "task_done_after_fault_s", "converged_s")),
-            o.detail[:80],
-        )
-    console.print(table)
+    doc = {"backend": backend, "seconds": time.time() - t0, "outcomes": [o.to_dict() for o in outcomes]}
+    _print_faults_table(doc)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"backend": backend, "seconds": time.time() - t0, "outcomes": [o.to_dict() for o in outcomes]}
         json_out.write_text(json.dumps(doc, indent=2))
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+
+
+@testbed.command("faults-report")
+def testbed_faults_report(
+    path: Path = typer.Argument(..., help="the --json file of `fedcoin testbed faults`"),
+) -> None:
+    """Print the outcomes a fault run wrote (e.g. after the testbed is down); exit 1 if one failed."""
+    try:
+        doc = json.loads(path.read_text())
+        outcomes = doc["outcomes"]
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(FedcoinError(f"{path}: not a fault report ({exc})"))
+    _print_faults_table(doc)
+    for o in outcomes:
+        if o["status"] == "failed":
+            console.print(f"FAILED {o['scenario']}: {o['detail']}")
+    if any(o["status"] == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_faults_table(doc: dict[str, Any]) -> None:
+    table = Table(title=f"faults ({doc['backend']} backend, {doc['seconds']:.0f} s)")
+    for col in ("scenario", "status", "responsive s", "task done s", "converged s", "detail"):
+        table.add_column(col)
+    for o in doc["outcomes"]:
+        t = o["timings"]
+        table.add_row(
+            o["scenario"],
+            o["status"],
+            *(f"{t[k]:.1f}" if k in t else "—" for k in ("responsive_s", "task_done_after_fault_s", "converged_s")),
+            o["detail"][:80],
+        )
+    console.print(table)
 
 
 def _print_outcome_line(o: Any) -> None:

@@ -158,6 +158,7 @@ class DockerBackend:
         self.client = docker.from_env()
         self.project = project
         self._detached: dict[str, list[str]] = {}
+        self.isolated_at: dict[str, int] = {}  # node -> ms since the epoch it was cut off
 
     def _container(self, node: str) -> Any:
         found = self.client.containers.list(
@@ -242,8 +243,10 @@ class DockerBackend:
         net.connect(self._container("server"), aliases=["server"])
         self.disconnect(node)
         net.connect(self._container(node), aliases=[node])
+        self.isolated_at[node] = int(time.time() * 1000)
 
     def rejoin(self, node: str) -> None:
+        self.isolated_at.pop(node, None)
         net = self.client.networks.get(self._isolation(node))
         net.disconnect(self._container(node))
         self.reconnect(node)
@@ -473,53 +476,75 @@ def partition(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
         raise FedcoinError(f"the two sides did not fork while apart (heads {[h and h['height'] for h in heads]})")
 
 
+def _lone_miner(backend: Backend) -> str:
+    return backend.miners[-1]
+
+
+def isolate_lone_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    """Before the task is posted: cut the last miner off every other node but the FL server."""
+    backend.isolate(_lone_miner(backend))
+
+
+def rejoin_lone_miner(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
+    backend.rejoin(_lone_miner(backend))
+
+
 def partition_minority(backend: Backend, http: httpx.Client, rng: random.Random) -> None:
-    """Cut one miner off every other node but the FL server while the task is mined (1 against 3).
-    The task is published after the cut, so the lone miner never holds another miner's report on it
-    and cannot settle it (too-few-reports): any block it makes while alone settles an older task.
-    The majority settles the task; after the rejoin every miner converges on one head."""
+    """One miner is cut off every other node but the FL server (1 against 3) before the task is
+    posted (:func:`isolate_lone_miner`), so it never holds another miner's report on the task and
+    cannot settle it (too-few-reports): any block it makes while alone settles an older task.
+    The majority settles the task; after the rejoin (:func:`rejoin_lone_miner`) every miner
+    converges on one head."""
     miners = backend.miners
-    lone = miners[-1]
-    base = (_get(http, f"{backend.url(lone)}/chain/head") or {"height": 0})["height"]
-    backend.isolate(lone)
-    cut_ms = int(time.time() * 1000)
+    lone = _lone_miner(backend)
+    cut_ms = getattr(backend, "isolated_at", {}).get(lone)
+    if cut_ms is None:
+        raise FedcoinError(f"{lone} was not cut off before the task was posted")
 
     def settled_after_cut(miner: str) -> list[str]:
-        """Tasks published after the cut that ``miner``'s main chain settles above ``base``."""
+        """Tasks published after the cut that ``miner``'s main chain settles."""
         head = _get(http, f"{backend.url(miner)}/chain/head")
         if head is None:
             raise FedcoinError(f"{miner} does not answer while one miner is cut off")
         found = []
-        for h in range(base + 1, head["height"] + 1):
+        for h in range(1, head["height"] + 1):
             task = ((_get(http, f"{backend.url(miner)}/blocks/{h}") or {}).get("body") or {}).get("task") or {}
             if task.get("published_at", 0) > cut_ms:
                 found.append(str(task.get("task_id")))
         return found
 
-    try:
-        deadline = time.time() + 240
-        while not settled_after_cut(miners[0]):  # the majority settles the task published after the cut
-            if time.time() > deadline:
-                raise FedcoinError("the majority did not settle the task while one miner was cut off")
-            time.sleep(1.0)
-        time.sleep(3)  # time for the lone miner to (wrongly) settle it too
-        wrong = settled_after_cut(lone)
-        if wrong:
-            raise FedcoinError(f"the lone miner settled {wrong}, published after it was cut off, with no peer report")
-    finally:
-        backend.rejoin(lone)
+    deadline = time.time() + 240
+    while not settled_after_cut(miners[0]):  # the majority settles the task published after the cut
+        if time.time() > deadline:
+            raise FedcoinError("the majority did not settle the task while one miner was cut off")
+        time.sleep(1.0)
+    time.sleep(3)  # time for the lone miner to (wrongly) settle it too
+    wrong = settled_after_cut(lone)
+    if wrong:
+        raise FedcoinError(f"the lone miner settled {wrong}, published after it was cut off, with no peer report")
 
 
-SCENARIOS: dict[str, Fault] = {
-    "kill9-miner": kill9_miner,
-    "pause-miner": pause_miner,
-    "restart-miner": restart_miner,
-    "kill-server": kill_server_mid_round,
-    "kill-server-settling": kill_server_settling,
-    "kill-during-write": kill_during_write,
-    "disconnect-miner": disconnect_miner,
-    "partition": partition,
-    "partition-minority": partition_minority,
+@dataclass(frozen=True)
+class Scenario:
+    """A fault applied while a one-round task runs. ``before_task`` runs before the task is
+    posted (a cut that must already hold when the server publishes); ``after`` always runs once
+    the fault ends or fails (undoing ``before_task``)."""
+
+    fault: Fault
+    before_task: Fault | None = None
+    after: Fault | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "kill9-miner": Scenario(kill9_miner),
+    "pause-miner": Scenario(pause_miner),
+    "restart-miner": Scenario(restart_miner),
+    "kill-server": Scenario(kill_server_mid_round),
+    "kill-server-settling": Scenario(kill_server_settling),
+    "kill-during-write": Scenario(kill_during_write),
+    "disconnect-miner": Scenario(disconnect_miner),
+    "partition": Scenario(partition),
+    "partition-minority": Scenario(partition_minority, before_task=isolate_lone_miner, after=rejoin_lone_miner),
 }
 
 
@@ -527,7 +552,7 @@ def run_scenario(
     backend: Backend, requester_url: str, server_url: str, name: str, *, seed: int = 0, budget: int = 100_000
 ) -> Outcome:
     """Start a one-round task, apply fault ``name`` while it runs, then check every invariant."""
-    fault = SCENARIOS[name]
+    scenario = SCENARIOS[name]
     if name in backend.unsupported:
         return Outcome(name, "unsupported", f"the {backend.name} backend cannot apply {name}")
     rng = random.Random(seed)
@@ -537,12 +562,18 @@ def run_scenario(
         try:
             before = confirmed_txids(main_chain(http, backend.url(backend.miners[0])))
             height = (_get(http, f"{backend.url(backend.miners[0])}/chain/head") or {"height": 0})["height"]
-            r = http.post(f"{requester_url}/tasks", json={"budget": budget, "rounds": 1, "task_id": task_id})
-            if r.status_code != 202:
-                raise FedcoinError(f"task not accepted: {r.status_code} {r.text[:200]}")
-            t0 = time.time()
-            fault(backend, http, rng)
-            out.timings["fault_s"] = time.time() - t0
+            if scenario.before_task is not None:
+                scenario.before_task(backend, http, rng)
+            try:
+                r = http.post(f"{requester_url}/tasks", json={"budget": budget, "rounds": 1, "task_id": task_id})
+                if r.status_code != 202:
+                    raise FedcoinError(f"task not accepted: {r.status_code} {r.text[:200]}")
+                t0 = time.time()
+                scenario.fault(backend, http, rng)
+                out.timings["fault_s"] = time.time() - t0
+            finally:
+                if scenario.after is not None:
+                    scenario.after(backend, http, rng)
             out.timings["responsive_s"] = wait_responsive(backend, http)
             from .watch import wait_for_task
 

@@ -104,18 +104,39 @@ class MinerGateway(Protocol):
 
 
 class HttpMinerGateway:
-    def __init__(self, miners: list[str], http: httpx.Client, timeout: httpx.Timeout = MINER_TIMEOUT) -> None:
+    """The FL server's view of the miners. Reads go to every miner at once with the short
+    :data:`PEER_TIMEOUT`, so one miner that silently vanished (a dead keep-alive connection
+    after a partition) delays an answer by at most that, not by the sum over the miners;
+    posts (a Shapley task, a transaction) get :data:`MINER_TIMEOUT`."""
+
+    def __init__(
+        self,
+        miners: list[str],
+        http: httpx.Client,
+        timeout: httpx.Timeout = MINER_TIMEOUT,
+        read_timeout: httpx.Timeout = PEER_TIMEOUT,
+    ) -> None:
         self.miners = miners
         self.http = http
         self.timeout = timeout
+        self.read_timeout = read_timeout
 
     def _answers(self, path: str) -> Iterator[httpx.Response]:
-        """Each reachable miner's answer to GET ``path``, one miner at a time."""
-        for m in self.miners:
+        """Each reachable miner's answer to GET ``path``, in the miners' order, asked all at once."""
+
+        def ask(m: str) -> httpx.Response | None:
             try:
-                yield self.http.get(f"{m}{path}", timeout=self.timeout)
+                return self.http.get(f"{m}{path}", timeout=self.read_timeout)
             except httpx.HTTPError:
-                continue
+                return None
+
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self.miners)))
+        try:
+            for r in pool.map(ask, self.miners):
+                if r is not None:
+                    yield r
+        finally:  # a caller that stopped at the first answer does not wait for the slower miners
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def get(self, path: str) -> Any | None:
         for r in self._answers(path):
