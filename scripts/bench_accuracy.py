@@ -5,7 +5,7 @@ Two FL rounds of the paper's kind (scripts/bench_shapley.py's ``setup``: clients
 types, the 784-200-10 MLP, one FedAvg round, utility = minus the validation loss, v(empty) = 0):
 
 * K=100 (the paper's round): target 5% relative L2 error against a reference, the mean of at
-  least ``--ref-perms`` (16,000) ShapleyEngine permutations from the stratified sampler on a
+  least ``--ref-perms`` (16,000) ShapleyEngine permutations from the paired sampler on a
   stream of its own, continued until its relative standard error (from the per-client variance)
   is below 1.5% or ``--ref-budget-s`` (900 s) is spent; the JSON flags a reference that is not.
   Errors against it are also given with its noise removed (the method's stream is independent).
@@ -35,7 +35,7 @@ snapshots, so errors compare at equal wall-clock budgets):
   common wall-clock budgets from the measured evaluation rate (a run that used < 60% of its
   budget is kept and followed by a larger one).
 * ``engine_uniform``: ShapleyEngine + uniform PoSAP permutations (the engine's own contribution).
-* ``ours``: ShapleyEngine + the stratified PoSAP sampler, mean of marginals.
+* ``ours``: ShapleyEngine + the paired PoSAP sampler (the chain's default), mean of marginals.
 
 Optional packages (``pip install -e .[bench]``): pydvl 0.10.0 and shapiq 1.4.1, the newest
 releases that install on Python 3.11 (shapiq 1.5.0-1.8.0 require Python >= 3.12). pydvl 0.10.0
@@ -46,9 +46,11 @@ measured time (K=100: errors with the reference's noise removed). Otherwise the 
 extrapolated with the 1/sqrt(t) law (``"extrapolated": true``, marked * in the table). For a
 mean of permutation marginals: R = V / ((target ||phi||)^2 - floor^2 ||phi||^2) permutations at
 the measured seconds per permutation, V the per-permutation variance summed over clients. Where
-the design fixes positions (GTG's first client, the stratified sampler's first and last) the
-marginal there is deterministic given the client, so V counts only the other positions:
-V = sum_k (K - f)/K Var(m_k | k not at a fixed position). For shapiq: err(t) = c / sqrt(t)
+the design balances positions (every client once per K permutations: GTG's first client, the
+paired sampler's first and second) V counts only their within-position variance (zero for the
+first: the marginal there is deterministic given the client), see ``design_variance``; for the
+paired sampler it is an upper bound (every ordered pair takes the first two places once per
+K(K-1) permutations, which makes the second position exact over whole cycles). For shapiq: err(t) = c / sqrt(t)
 fitted to its snapshots. Truncation bias gives a floor (``error_floor``): the paired difference
 between truncated and untruncated marginals on the same permutations, the method's truncation
 rule applied to engine prefix values (debiased for sampling noise). A floor at or above the
@@ -495,9 +497,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def design_variance(marginals: np.ndarray, perms: np.ndarray, fixed_positions: tuple[int, ...] = ()) -> float:
     """Per-permutation variance of a mean of marginals, summed over players.
 
-    Positions in ``fixed_positions`` are balanced by the design (every player takes them equally
-    often) and their marginal is deterministic given the player (first: v({k}) - v(empty);
-    last: v(N) - v(N - k)), so only the other positions vary: sum_k (K - f)/K Var(m_k | free)."""
+    Positions in ``fixed_positions`` are balanced by the design: every player takes each of them
+    once per block of K permutations (GTG's and the stratified sampler's first and last, the
+    paired sampler's first and second), so the between-position part of their variance is gone
+    and only the within-position part is left: sum_k [sum_{p fixed} Var(m_k | p) / K
+    + (K - f)/K Var(m_k | k not at a fixed position)]. The first position's marginal is
+    deterministic given the player (v({k}) - v(empty)), as is the last's (v(N) - v(N - k)), so
+    their term is 0. The paired sampler also makes the second position exact over a whole cycle of
+    K(K-1) permutations (every ordered pair once); that gain is not counted, so V is an upper
+    bound there."""
     R, n = marginals.shape
     if R < 2:
         return float("nan")
@@ -510,6 +518,10 @@ def design_variance(marginals: np.ndarray, perms: np.ndarray, fixed_positions: t
         x = marginals[free[:, k], k]
         if x.size >= 2:
             total += (n - len(fixed)) / n * float(x.var(ddof=1))
+        for p in fixed:
+            y = marginals[pos[:, k] == p, k]
+            if y.size >= 2:
+                total += float(y.var(ddof=1)) / n
     return total
 
 
@@ -764,18 +776,18 @@ def shapiq_pilot(
 def sampled_reference(
     engine: ShapleyEngine, min_perms: int, max_perms: int, budget_s: float, se_target: float
 ) -> tuple[np.ndarray, dict[str, Any], float]:
-    """Mean of stratified engine permutations (a stream of its own): at least ``min_perms``, then on
+    """Mean of paired engine permutations (a stream of its own): at least ``min_perms``, then on
     (checked every 10 cycles) until the relative standard error is below ``se_target``, up to
     ``max_perms`` permutations or ``budget_s`` seconds. Returns (phi, JSON section, V / R)."""
     K = engine.n_players
-    perms = posap_permutations("stratified", K, "reference")
+    perms = posap_permutations("paired", K, "reference")
     rows: list[np.ndarray] = []
     plist: list[Sequence[int]] = []
     t0 = time.perf_counter()
 
     def stats() -> tuple[float, float, float]:
         M, P = np.asarray(rows), np.asarray(plist)
-        V = design_variance(M, P, (0, K - 1))
+        V = design_variance(M, P, (0, 1))
         phi = M.mean(0)
         norm2 = max(float(phi @ phi) - V / len(M), 0.25 * float(phi @ phi))  # ||phi||^2 less the noise energy
         return V, float(M.var(0, ddof=1).sum()), norm2
@@ -796,7 +808,7 @@ def sampled_reference(
     V, V_iid, norm2 = stats()
     rel_se = math.sqrt(V / R / norm2)
     info = {
-        "kind": "engine, stratified sampler",
+        "kind": "engine, paired sampler",
         "permutations": R,
         "min_permutations": min_perms,
         "max_permutations": max_perms,
@@ -807,8 +819,9 @@ def sampled_reference(
         "rel_standard_error_iid_variance": math.sqrt(V_iid / R / norm2),
         "se_target": se_target,
         "ok": rel_se < se_target,
-        "note": "rel_standard_error from the stratified design's variance (first/last positions fixed); the iid "
-        "figure ignores the stratification (an upper bound). Errors against this reference are also given with "
+        "note": "rel_standard_error from the paired design's variance (first/second positions balanced, the "
+        "pair-exactness over whole cycles not counted: an upper bound); the iid figure ignores the design too. "
+        "Errors against this reference are also given with "
         "its noise removed (debiased: sqrt(err^2 - rel_standard_error^2)); times to target use those.",
     }
     return np.asarray(rows).mean(0), info, V / R
@@ -926,7 +939,7 @@ def run_round(args: argparse.Namespace, key: str, rnd: dict[str, Any], log: Call
         r = out["reference"]
         flag = "" if r["ok"] else f"  ** >= {args.ref_se_target:.1%}: the reference is not sharp **"
         log(
-            f"[{key}] reference: {r['permutations']:,} stratified engine permutations in {r['wall_s']:.1f} s, "
+            f"[{key}] reference: {r['permutations']:,} paired engine permutations in {r['wall_s']:.1f} s, "
             f"relative standard error {r['rel_standard_error']:.2%} "
             f"(iid bound {r['rel_standard_error_iid_variance']:.2%}){flag}"
         )
@@ -979,7 +992,7 @@ def run_round(args: argparse.Namespace, key: str, rnd: dict[str, Any], log: Call
         elif name == "engine_uniform":
             runner = PermutationMean(name, engine, posap_permutations("uniform", K, "engine-uniform"))
         elif name == "ours":
-            runner = PermutationMean(name, engine, posap_permutations("stratified", K, "ours"), (0, K - 1))
+            runner = PermutationMean(name, engine, posap_permutations("paired", K, "ours"), (0, 1))
         elif name == "gtg":
             runner = GTGShapley(naive, eps=args.eps, seed=args.seed + 11)
         elif name == "pydvl_tmc":

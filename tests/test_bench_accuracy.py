@@ -40,7 +40,7 @@ def rel(est, ref) -> float:
 
 
 # --- estimators --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("sampler", "fixed"), [("uniform", ()), ("stratified", (0, N - 1))])
+@pytest.mark.parametrize(("sampler", "fixed"), [("uniform", ()), ("stratified", (0, N - 1)), ("paired", (0, 1))])
 def test_permutation_mean_converges_to_exact(game, exact, sampler, fixed):
     run = ba.PermutationMean("m", game, ba.posap_permutations(sampler, N, f"t-{sampler}"), fixed)
     tr = run.run(1e9, max_samples=3000)
@@ -77,6 +77,17 @@ def test_design_variance_predicts_the_error(game, exact):
             mse.append(float(np.sum((tr.estimates[-1] - exact) ** 2)))
             V.append(ba.design_variance(tr.marginals, tr.permutations, fixed))
         assert np.mean(mse) * R == pytest.approx(np.mean(V), rel=0.35), sampler
+    # the paired design: V is an upper bound (the pair exactness over whole cycles is not counted)
+    mse, V = [], []
+    for r in range(60):
+        tr = ba.PermutationMean("m", game, ba.posap_permutations("paired", N, f"dvp{r}"), (0, 1)).run(
+            1e9, max_samples=R
+        )
+        mse.append(float(np.sum((tr.estimates[-1] - exact) ** 2)))
+        V.append(ba.design_variance(tr.marginals, tr.permutations, (0, 1)))
+    assert np.mean(mse) * R < 1.35 * np.mean(V)
+    tr_u = ba.PermutationMean("u", game, ba.posap_permutations("uniform", N, "dvu"), ()).run(1e9, max_samples=600)
+    assert np.mean(V) < ba.design_variance(tr_u.marginals, tr_u.permutations, ())
     # the stratified design removes the first/last positions' variance
     tr_u = ba.PermutationMean("u", game, ba.posap_permutations("uniform", N, "a"), ()).run(1e9, max_samples=600)
     assert ba.design_variance(tr_u.marginals, tr_u.permutations, (0, N - 1)) < ba.design_variance(

@@ -26,6 +26,7 @@ from fedcoin.consensus.posap import (
     cycle_order,
     derive_permutation,
     p_distance,
+    pair_cycle,
 )
 from fedcoin.consensus.proofs import WorkVerifier
 from fedcoin.errors import InvalidInput
@@ -87,6 +88,21 @@ def reference_stratified(prev_hash, task_id, miner, iteration, n):
     rest = [p for p in range(n) if p not in (first, last)]
     seed = reference_seed("fedcoin/posap-seed/v1", prev_hash, task_id, miner, iteration)
     return [first, *reference_shuffle(reference_words(seed), rest), last]
+
+
+def reference_paired(prev_hash, task_id, miner, iteration, n):
+    """The paired derivation exactly as the posap module docstring specifies it."""
+    if n == 1:
+        return [0]
+    cycle, u = divmod(iteration, n * (n - 1))
+    block, slot = divmod(u, n)
+    words = reference_words(reference_seed("fedcoin/posap-pairs/v1", prev_hash, task_id, miner, cycle))
+    sigma = reference_shuffle(words, range(n))
+    rho = reference_shuffle(words, range(1, n))  # the same word stream goes on
+    first, second = sigma[slot], sigma[(slot + rho[block]) % n]
+    rest = [p for p in range(n) if p not in (first, second)]
+    seed = reference_seed("fedcoin/posap-seed/v1", prev_hash, task_id, miner, iteration)
+    return [first, second, *reference_shuffle(reference_words(seed), rest)]
 
 
 @settings(max_examples=100, deadline=None)
@@ -307,6 +323,97 @@ def test_stratified_estimate_is_unbiased_with_lower_variance():
         assert np.all(np.abs(est.mean(axis=0) - exact) < 4 * standard_error)  # unbiased
 
 
+# --- the paired sampler -------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    iteration=st.integers(0, 2**40),
+    task=st.text(max_size=12),
+    prev=st.binary(min_size=32, max_size=32),
+)
+def test_paired_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
+    p = derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="paired")
+    assert sorted(p) == list(range(n))
+    assert derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="paired") == p
+    assert p == reference_paired(prev.hex(), task, MINER, iteration, n)
+
+
+def test_paired_is_the_chain_default():
+    assert ChainParams().sampler == "paired"
+    assert [derive_permutation(PREV, "t", MINER, t, 1, sampler="paired") for t in range(3)] == [[0]] * 3
+    for t in range(6):  # n = 2: the two orders alternate
+        assert derive_permutation(PREV, "t", MINER, t, 2, sampler="paired") in ([0, 1], [1, 0])
+    assert {tuple(derive_permutation(PREV, "t", MINER, t, 2, sampler="paired")) for t in (0, 1)} == {(0, 1), (1, 0)}
+
+
+@pytest.mark.parametrize("n", [3, 5, 8, 13])
+def test_paired_blocks_and_cycles(n):
+    """Every block of n iterations puts each player first once and second once; every cycle of
+    n(n-1) iterations puts each ordered pair first and second once."""
+    for c in range(2):
+        perms = [
+            derive_permutation(PREV, "t", MINER, c * n * (n - 1) + u, n, sampler="paired") for u in range(n * (n - 1))
+        ]
+        for b in range(n - 1):
+            block = perms[b * n : (b + 1) * n]
+            assert sorted(p[0] for p in block) == list(range(n))
+            assert sorted(p[1] for p in block) == list(range(n))
+        assert sorted((p[0], p[1]) for p in perms) == sorted(itertools.permutations(range(n), 2))
+        sigma, rho = pair_cycle(PREV, "t", MINER, c, n)
+        assert [p[0] for p in perms[:n]] == sigma and sorted(rho) == list(range(1, n))
+    with pytest.raises(InvalidInput):
+        pair_cycle(PREV, "t", MINER, -1, n)
+    # the pair cycle has its own hash domain: not the stratified cycle order
+    assert pair_cycle(PREV, "t", MINER, 0, 12)[0] != cycle_order(PREV, "t", MINER, 0, 12)
+
+
+@pytest.mark.parametrize(("n", "bound"), [(3, 20.5), (4, 49.7)])  # 5 and 23 degrees of freedom, p = 0.001
+def test_paired_roughly_uniform(n, bound):
+    """Each permutation on its own is uniform: over whole cycles every permutation of n players is as
+    frequent as any other."""
+    counts = dict.fromkeys(itertools.permutations(range(n)), 0)
+    trials = 200 * len(counts)
+    trials -= trials % (n * (n - 1))
+    for t in range(trials):
+        counts[tuple(derive_permutation(PREV, "paired", MINER, t, n, sampler="paired"))] += 1
+    expected = trials / len(counts)
+    assert sum((c - expected) ** 2 / expected for c in counts.values()) < bound
+
+
+def test_paired_estimate_is_unbiased_and_beats_stratified_where_pairs_matter():
+    """On a game with strongly diminishing returns the second player's marginal depends on who came
+    first: over one cycle of n(n-1) permutations the paired estimate is unbiased, efficient, and has
+    a much smaller mean squared error than the stratified one over as many permutations."""
+    n, seeds = 6, 150
+    utility = quality_game([2.0, 1.5, 1.2, 1.0, 0.8, 0.6])
+    exact = np.array(exact_shapley(n, utility))
+    game = CoalitionGame(n, utility, cache=True)
+    L = n * (n - 1)
+    est = {
+        sampler: np.array(
+            [
+                np.mean(
+                    [
+                        game.marginals(derive_permutation(PREV, f"pt-{k}", MINER, t, n, sampler=sampler))
+                        for t in range(L)
+                    ],
+                    axis=0,
+                )
+                for k in range(seeds)
+            ]
+        )
+        for sampler in ("stratified", "paired")
+    }
+    mse = {s: float(((e - exact) ** 2).sum(axis=1).mean()) for s, e in est.items()}
+    assert mse["paired"] < 0.4 * mse["stratified"]  # about 0.13 measured
+    e = est["paired"]
+    assert np.allclose(e.sum(axis=1), utility(frozenset(range(n))), rtol=0, atol=1e-12)
+    standard_error = e.std(axis=0, ddof=1) / math.sqrt(seeds)
+    assert np.all(np.abs(e.mean(axis=0) - exact) < 4 * standard_error + 1e-12)
+
+
 # --- p_distance / average_reports -------------------------------------------------------
 
 
@@ -393,9 +500,10 @@ def test_running_estimate_is_average_of_marginals(sampler):
 
 def test_miner_default_sampler_is_the_chains_default():
     """A miner that names no sampler mines what a chain with default parameters re-derives."""
-    assert miner(constant([0.0, 0.0, 0.0])).sampler == ChainParams().sampler == "stratified"
+    assert miner(constant([0.0, 0.0, 0.0])).sampler == ChainParams().sampler == "paired"
     assert typing.get_args(ChainParams.model_fields["sampler"].annotation) == SAMPLERS
-    assert ChainParams(sampler="uniform").params_hash != ChainParams().params_hash
+    hashes = {ChainParams(sampler=s).params_hash for s in SAMPLERS}
+    assert len(hashes) == len(SAMPLERS) and ChainParams().params_hash in hashes
     game = CoalitionGame(4, random_game(4, 3))
     m = miner(game.marginals, n=4)
     m.step(9)

@@ -1286,29 +1286,29 @@ def mined_block(net, chain: Chain, sampler: str, iterations: int = 12, winner: i
     return build_block(chain, task=task, winner=w, leaves=m.leaves(), reports=[r], timestamp=task.published_at + 500)
 
 
-@pytest.mark.parametrize("sampler", ["stratified", "uniform"])
+@pytest.mark.parametrize("sampler", ["paired", "stratified", "uniform"])
 def test_work_is_verified_with_the_chains_sampler(net, sampler):
-    """A block mined with the chain's sampler passes recomputation; one mined with the other sampler
+    """A block mined with the chain's sampler passes recomputation; one mined with another sampler
     (honest marginals, but of permutations the chain does not assign) is a bad leaf."""
-    other = "uniform" if sampler == "stratified" else "stratified"
     chain = Chain(net.genesis(sampler=sampler), verifier=WorkVerifier(square_game))
     assert chain.params.sampler == sampler
-    reject(net, chain, mined_block(net, chain, other), "bad-leaf")
+    for other in {"paired", "stratified", "uniform"} - {sampler}:
+        reject(net, chain, mined_block(net, chain, other), "bad-leaf")
     good = mined_block(net, chain, sampler)
     accept(net, chain, good)
     assert chain.verifier.recomputed >= 12
 
 
-def test_uniform_leaves_claiming_stratified_params_are_a_bad_leaf(net):
+def test_uniform_leaves_claiming_paired_params_are_a_bad_leaf(net):
     g = net.genesis()
-    assert g.params.sampler == "stratified"  # the default
+    assert g.params.sampler == "paired"  # the default
     checker = Chain(g, verifier=WorkVerifier(square_game))
     bad = mined_block(net, checker, "uniform")
     err = reject(net, checker, bad, "bad-leaf")
     proof = err.proof
     h, t = bad.header, proof.index
     assert derive_permutation(h.prev_hash, h.task_id, h.winner, t, 3, sampler="uniform") != derive_permutation(
-        h.prev_hash, h.task_id, h.winner, t, 3, sampler="stratified"
+        h.prev_hash, h.task_id, h.winner, t, 3, sampler="paired"
     )
     # the proof convinces any node that re-derives with the chain's sampler, and no node that re-derives
     # with the sampler the leaves were computed with
@@ -1319,7 +1319,7 @@ def test_uniform_leaves_claiming_stratified_params_are_a_bad_leaf(net):
     accept(net, trusting, bad)
     assert trusting.apply_fraud_proof(proof).status == "reorg" and trusting.is_condemned(bad.hash)
     # the same work done with the chain's sampler is accepted
-    accept(net, checker, mined_block(net, checker, "stratified"))
+    accept(net, checker, mined_block(net, checker, "paired"))
 
 
 def test_paper_consensus_mines_with_its_sampler_but_verifies_nothing(net):

@@ -35,11 +35,13 @@ class ChainParams(LedgerModel):
 
     chain_id: str = Field(default="fedcoin-local", min_length=1, max_length=64)
     p: float = Field(default=2.0, ge=1.0, le=64.0, description="the p of the p-norm distance (paper: 2)")
-    sampler: Literal["uniform", "stratified"] = Field(
-        default="stratified",
+    sampler: Literal["uniform", "stratified", "paired"] = Field(
+        default="paired",
         description="how miners derive their permutations (fedcoin.consensus.posap.derive_permutation): "
         "`uniform`: each one an independent shuffle (paper); `stratified`: each one still uniform, but in "
-        "every cycle of n iterations each client comes first once and last once (lower variance)",
+        "every cycle of n iterations each client comes first once and last once; `paired`: each one still "
+        "uniform, every client first once and second once in every n iterations and every ordered pair of "
+        "clients first and second once in every n(n-1) (lowest variance)",
     )
     initial_difficulty: float = Field(default=1e-2, gt=0)
     target_block_ms: int = Field(default=60_000, gt=0, description="target mining time per block")

@@ -9,11 +9,13 @@ The pieces are separate objects, so each can be swapped:
 * a **sampler** of permutations: :func:`random_permutations` (seeded NumPy), or
   the miners' hash-derived permutations
   (:func:`fedcoin.consensus.posap.derive_permutation`), either ``uniform``
-  (independent shuffles) or ``stratified`` (in every cycle of ``n``
-  permutations each player comes first once and last once; each permutation is
-  still uniform, so the mean below stays unbiased, with a lower variance, since
-  the first and last positions carry much of it); the chain's
-  ``ChainParams.sampler`` picks the one its miners use;
+  (independent shuffles), ``stratified`` (in every cycle of ``n``
+  permutations each player comes first once and last once) or ``paired`` (each
+  player first once and second once in every ``n`` permutations, each ordered
+  pair first and second once in every n(n−1)); each permutation is still
+  uniform, so the mean below stays unbiased, with a lower variance, since the
+  first two positions carry most of it; the chain's ``ChainParams.sampler``
+  picks the one its miners use;
 * the **estimate**: :class:`RunningMean` of the marginal vectors, and
   :func:`permutation_shapley`, which runs the loop with an optional stopping
   ``callback``.
