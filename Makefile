@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-shapley bench-engine bench-verify load soak docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-verify load soak docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -37,8 +37,12 @@ demo: $(BIN)/fedcoin ## the whole network as local processes, one paid training 
 simulate: $(BIN)/fedcoin ## one in-process PoSap round among 4 miners, paid by Algorithm 3
 	$(BIN)/fedcoin simulate
 
-bench: $(BIN)/fedcoin ## Shapley estimators vs their peers: error at equal time, time to 5% (K=100) and 1% (K=16); ~45 min
+bench: bench-extra ## Shapley estimators vs their peers: error at equal time, time to 5% (K=100) and 1% (K=16); 35-45 min
 	$(BIN)/python scripts/bench_accuracy.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_accuracy.json
+
+bench-extra: $(BIN)/fedcoin ## the peers make bench runs: shapiq 1.4.1, pydvl 0.10.0 (its numpy<2 pin ignored: it runs on numpy 2)
+	$(BIN)/pip install -q "shapiq==1.4.1" more-itertools joblib pandas scikit-learn scipy cvxpy tqdm pyDeprecate numcodecs psutil
+	$(BIN)/pip install -q --no-deps "pydvl==0.10.0"
 
 bench-shapley: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator (speed, convergence, roofline)
 	$(BIN)/python scripts/bench_shapley.py
