@@ -105,6 +105,10 @@ def reference_paired(prev_hash, task_id, miner, iteration, n):
     return [first, second, *reference_shuffle(reference_words(seed), rest)]
 
 
+REFERENCES = {"uniform": reference_permutation, "stratified": reference_stratified, "paired": reference_paired}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @settings(max_examples=100, deadline=None)
 @given(
     n=st.integers(1, 40),
@@ -112,11 +116,11 @@ def reference_paired(prev_hash, task_id, miner, iteration, n):
     task=st.text(max_size=12),
     prev=st.binary(min_size=32, max_size=32),
 )
-def test_permutation_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
-    p = derive_permutation(prev.hex(), task, MINER, iteration, n)
+def test_permutation_is_valid_deterministic_and_matches_spec(sampler, n, iteration, task, prev):
+    p = derive_permutation(prev.hex(), task, MINER, iteration, n, sampler=sampler)
     assert sorted(p) == list(range(n))
-    assert derive_permutation(prev.hex(), task, MINER, iteration, n) == p
-    assert p == reference_permutation(prev.hex(), task, MINER, iteration, n)
+    assert derive_permutation(prev.hex(), task, MINER, iteration, n, sampler=sampler) == p
+    assert p == REFERENCES[sampler](prev.hex(), task, MINER, iteration, n)
 
 
 def test_known_vector_is_stable():
@@ -211,11 +215,8 @@ def test_cycle_order_bad_input(kw):
     task=st.text(max_size=12),
     prev=st.binary(min_size=32, max_size=32),
 )
-def test_stratified_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
+def test_stratified_first_and_last_come_from_the_cycle_order(n, iteration, task, prev):
     p = derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="stratified")
-    assert sorted(p) == list(range(n))
-    assert derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="stratified") == p
-    assert p == reference_stratified(prev.hex(), task, MINER, iteration, n)
     sigma = cycle_order(prev.hex(), task, MINER, iteration // n, n)
     assert p[0] == sigma[iteration % n] and p[-1] == sigma[(iteration + 1) % n]
 
@@ -271,18 +272,23 @@ def test_stratified_cycle_puts_every_player_first_once_and_last_once(n):
         assert len({derive_permutation(PREV, "t", MINER, j, n)[0] for j in range(n)}) < n
 
 
+def permutation_counts(sampler, n, cycle):
+    """How often each permutation of n players comes up over whole cycles (about 200 times each)."""
+    counts = dict.fromkeys(itertools.permutations(range(n)), 0)
+    trials = 200 * len(counts)
+    trials -= trials % cycle
+    for t in range(trials):
+        counts[tuple(derive_permutation(PREV, sampler, MINER, t, n, sampler=sampler))] += 1
+    return counts, trials
+
+
 @pytest.mark.parametrize(("n", "bound"), [(3, 20.5), (4, 49.7)])  # 5 and 23 degrees of freedom, p = 0.001
 def test_stratified_roughly_uniform(n, bound):
     """Each permutation on its own is uniform: over whole cycles every permutation of n players is as
     frequent as any other (n = 4 also checks the shuffle of the middle)."""
-    counts = dict.fromkeys(itertools.permutations(range(n)), 0)
-    trials = 200 * len(counts)
-    trials -= trials % n
-    for t in range(trials):
-        counts[tuple(derive_permutation(PREV, "stratified", MINER, t, n, sampler="stratified"))] += 1
+    counts, trials = permutation_counts("stratified", n, cycle=n)
     expected = trials / len(counts)
-    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
-    assert chi2 < bound
+    assert sum((c - expected) ** 2 / expected for c in counts.values()) < bound
     # the ordered (first, last) pairs are uniform too
     pairs: dict[tuple[int, int], int] = {}
     for p, c in counts.items():
@@ -326,20 +332,6 @@ def test_stratified_estimate_is_unbiased_with_lower_variance():
 # --- the paired sampler -------------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    n=st.integers(1, 40),
-    iteration=st.integers(0, 2**40),
-    task=st.text(max_size=12),
-    prev=st.binary(min_size=32, max_size=32),
-)
-def test_paired_is_valid_deterministic_and_matches_spec(n, iteration, task, prev):
-    p = derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="paired")
-    assert sorted(p) == list(range(n))
-    assert derive_permutation(prev.hex(), task, MINER, iteration, n, sampler="paired") == p
-    assert p == reference_paired(prev.hex(), task, MINER, iteration, n)
-
-
 def test_paired_is_the_chain_default():
     assert ChainParams().sampler == "paired"
     assert [derive_permutation(PREV, "t", MINER, t, 1, sampler="paired") for t in range(3)] == [[0]] * 3
@@ -373,11 +365,7 @@ def test_paired_blocks_and_cycles(n):
 def test_paired_roughly_uniform(n, bound):
     """Each permutation on its own is uniform: over whole cycles every permutation of n players is as
     frequent as any other."""
-    counts = dict.fromkeys(itertools.permutations(range(n)), 0)
-    trials = 200 * len(counts)
-    trials -= trials % (n * (n - 1))
-    for t in range(trials):
-        counts[tuple(derive_permutation(PREV, "paired", MINER, t, n, sampler="paired"))] += 1
+    counts, trials = permutation_counts("paired", n, cycle=n * (n - 1))
     expected = trials / len(counts)
     assert sum((c - expected) ** 2 / expected for c in counts.values()) < bound
 
