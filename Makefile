@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-verify load soak docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-gpu bench-verify load soak docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
@@ -49,6 +49,9 @@ bench-shapley: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator (spee
 
 bench-engine: $(BIN)/fedcoin ## engine perm/s vs this machine's bandwidth and matmul bounds at 1 and 2 threads; sampler variance
 	$(BIN)/python scripts/bench_engine.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_engine.json
+
+bench-gpu: $(BIN)/fedcoin ## the engine on CUDA: perm/s vs the GPU's bandwidth bound, CPU/GPU agreement, races (exits 2 without a GPU)
+	$(BIN)/python scripts/bench_gpu.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_gpu.json
 
 bench-verify: $(BIN)/fedcoin ## what verifying a block's work costs on the paper's round (K = 100)
 	$(BIN)/python scripts/bench_verify.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_verify.json

@@ -65,6 +65,46 @@ def test_engine_marginals_equal_naive(problem, metric, chunk_size):
     assert np.any(np.abs(m_naive) > 1e-3)  # non-trivial utilities
 
 
+@pytest.mark.parametrize("metric", ["neg_loss", "accuracy"])
+@pytest.mark.parametrize("chunk_size", [1, 3, 8])
+def test_scanned_first_layer_sums_are_the_added_ones(problem, metric, chunk_size):
+    """The GPU's gather-and-scan path takes the same running sums as the CPU's loop (up to rounding: the CPU's
+    scan accumulates in double), with and without truncation, and both match the naive utility."""
+    for tol in (None, 0.02):
+        _, loop = _pair(problem, metric, chunk_size=chunk_size, scan=False, truncation_tol=tol)
+        _, scan = _pair(problem, metric, chunk_size=chunk_size, scan=True, truncation_tol=tol)
+        assert not loop.scan and scan.scan
+        for perm in random_permutations(K, 4, seed=20 + chunk_size):
+            assert np.max(np.abs(loop.marginals(perm) - scan.marginals(perm))) <= 1e-6
+        if tol is None:
+            naive, _ = _pair(problem, metric)
+            assert np.max(np.abs(naive.marginals(perm) - scan.marginals(perm))) <= 1e-5
+
+
+@pytest.mark.parametrize("metric", ["neg_loss", "accuracy"])
+def test_batched_permutations_have_each_permutations_marginals(problem, metric):
+    """marginals_many values a batch of permutations in one pass; each row is that permutation's marginals,
+    across ragged batches, with the memory cap forcing one at a time, and under truncation."""
+    perms = random_permutations(K, 7, seed=31)
+    _, one = _pair(problem, metric)
+    expected = np.stack([one.marginals(q) for q in perms])
+    _, batched = _pair(problem, metric, batch_size=3)
+    before = batched.evaluations
+    got = batched.marginals_many(perms)
+    assert got.shape == (7, K) and got.dtype == np.float64
+    assert np.max(np.abs(got - expected)) <= 1e-6
+    assert batched.evaluations - before == 7 * K
+    batched.batch_bytes = 1  # a batch that cannot fit: one permutation at a time, same rows
+    assert np.max(np.abs(batched.marginals_many(perms) - expected)) <= 1e-6
+    _, trunc = _pair(problem, metric, batch_size=4, truncation_tol=0.02)
+    assert np.array_equal(trunc.marginals_many(perms), np.stack([trunc.marginals(q) for q in perms]))
+    fn = batched.marginal_fn
+    assert np.array_equal(fn(perms[0]), batched.marginals(perms[0]))
+    assert fn.many(perms).shape == (7, K)
+    with pytest.raises(InvalidInput):
+        batched.marginals_many([perms[0], [0] * K])
+
+
 def test_marginals_are_indexed_by_player(problem):
     naive, engine = _pair(problem)
     perm = [3, 0, 7, 1, 6, 2, 5, 4]
@@ -220,6 +260,11 @@ def test_bad_constructor_and_coalition_inputs(problem):
         ShapleyEngine(*args, truncation_tol=-1.0)
     with pytest.raises(InvalidInput):
         ShapleyEngine(*args, chunk_size=0)
+    with pytest.raises(InvalidInput):
+        ShapleyEngine(*args, scan="yes")
+    for bad in (0, 2.5, True):
+        with pytest.raises(InvalidInput):
+            ShapleyEngine(*args, batch_size=bad)
 
 
 def test_permutation_shapley_efficiency(problem):
@@ -253,8 +298,12 @@ def test_cuda_matches_cpu(problem):  # pragma: no cover - runs only with a GPU
     args = (problem["updates"], problem["n"], problem["X"], problem["y"])
     cpu = ShapleyEngine(*args, device="cpu")
     gpu = ShapleyEngine(*args, device="cuda")
-    for perm in random_permutations(K, 3, seed=0):
+    perms = random_permutations(K, 5, seed=0)
+    for perm in perms[:3]:
         assert np.max(np.abs(cpu.marginals(perm) - gpu.marginals(perm))) <= 1e-5
+    assert gpu.scan and gpu.batch_size > 1
+    many = gpu.marginals_many(perms)
+    assert np.max(np.abs(many - np.stack([cpu.marginals(q) for q in perms]))) <= 1e-5
 
 
 def test_accuracy_metric_is_the_first_maximum_rule_ties_included():

@@ -145,6 +145,6 @@ def engine_factory(device: str | None = None) -> MarginalsFactory:
 
     def factory(task: ShapleyTask, content: bytes) -> MarginalFn:
         parsed = unpack_task_content(content, task.content_hash, task.n_players)
-        return engine_for(parsed, metric=task.metric, empty_value=task.empty_value, device=device).marginals
+        return engine_for(parsed, metric=task.metric, empty_value=task.empty_value, device=device).marginal_fn
 
     return factory

@@ -14,7 +14,7 @@ and the remaining chunks are not evaluated.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class ShapleyEngine(UtilityBase):
 
     ``ShapleyEngine(updates, n_samples, X_val, y_val, metric="neg_loss",
     empty_value=0.0, device=None, global_weights=None, truncation_tol=None,
-    chunk_size=None)``
+    chunk_size=None, scan=None, batch_size=None)``
 
     Same arguments and results as :class:`NaiveUtility` (up to float rounding:
     engine and naive marginals agree to ~1e-7 on the paper setting), plus:
@@ -45,6 +45,16 @@ class ShapleyEngine(UtilityBase):
       speed, as in TMC-Shapley (Ghorbani & Zou, 2019).
     * ``chunk_size``: prefixes evaluated per batched step (default 4 on the
       CPU, cache-sized; 32 on CUDA).
+    * ``batch_size``: permutations :meth:`marginals_many` values in one pass
+      (default 1 on the CPU, where a permutation's chunks stay in cache and
+      batching only adds memory traffic; 16 on CUDA, where one permutation is
+      too little work for the GPU), capped so that a batch's first-layer sums
+      fit in ``batch_bytes`` (1 GiB).
+    * ``scan``: how a chunk's first-layer running sums are taken: one addition
+      per prefix (``False``, the default on the CPU, where the chunk stays in
+      cache) or gather-then-running-sum in three kernels (``True``, the
+      default on CUDA, where a kernel launch costs more than an addition).
+      Both give the same sums up to rounding.
 
     Memory: the per-client first-layer pre-activations, ``K x M x H_1`` float32
     (80 MB for K=100, M=1000, H_1=200), plus ``K`` copies of the later layers.
@@ -72,6 +82,8 @@ class ShapleyEngine(UtilityBase):
         global_weights: Mapping[str, torch.Tensor] | None = None,
         truncation_tol: float | None = None,
         chunk_size: int | None = None,
+        scan: bool | None = None,
+        batch_size: int | None = None,
     ) -> None:
         p = Problem(updates, n_samples, X_val, y_val, metric, empty_value, device, global_weights)
         self._p = p
@@ -87,6 +99,15 @@ class ShapleyEngine(UtilityBase):
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise InvalidInput(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.chunk_size = int(chunk_size)
+        if scan is not None and not isinstance(scan, bool):
+            raise InvalidInput(f"scan must be None, True or False, got {scan!r}")
+        self.scan = p.device.type == "cuda" if scan is None else scan
+        if batch_size is None:
+            batch_size = 16 if p.device.type == "cuda" else 1
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.batch_bytes = 2**30
         self._sums = PrefixSums(updates, p.n, p.X, p.device)
         self.n_layers = self._sums.n_layers
         with torch.no_grad():
@@ -157,7 +178,10 @@ class ShapleyEngine(UtilityBase):
                 b0 = a
                 later, carry = sums.later_running(perm_t[a : a + block], carry)
                 eff = effective_later(later, inv_all[a : a + block])
-            carry_s.copy_(sums.first_layer_running(perm_list[a : a + m], carry_s, buf))
+            if self.scan:
+                carry_s.copy_(sums.first_layer_scan(perm_t[a : a + m], carry_s, buf))
+            else:
+                carry_s.copy_(sums.first_layer_running(perm_list[a : a + m], carry_s, buf))
             o = a - b0
             chunk_eff = [(W[o : o + m], b[o : o + m]) for W, b in eff]
             inv = inv_all[a : a + m]
@@ -184,6 +208,68 @@ class ShapleyEngine(UtilityBase):
         out = np.empty(self._p.K, dtype=np.float64)
         out[perm] = np.diff(vals)
         return out
+
+    def marginals_many(self, permutations: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
+        """``marginals`` of several permutations: row ``i`` is ``marginals(permutations[i])``
+        (float64 ``(n, K)``; equal up to float rounding, since batched products may round
+        differently). Up to ``batch_size`` permutations are valued in one pass over all their
+        prefixes at once: a few kernels per batch instead of a few per chunk of prefixes. Under
+        truncation, or with ``batch_size`` 1, permutations are valued one at a time."""
+        perms = [check_permutation(q, self._p.K) for q in permutations]
+        out = np.empty((len(perms), self._p.K), dtype=np.float64)
+        per_perm = self._sums.Z[0].numel() * self._sums.Z.element_size() * self._p.K
+        step = max(1, min(self.batch_size, self.batch_bytes // max(per_perm, 1)))
+        if step == 1 or self.truncation_tol is not None:
+            for i, q in enumerate(perms):
+                vals, _ = self._prefix_values(q)
+                out[i, q] = np.diff(vals)
+            return out
+        for a in range(0, len(perms), step):
+            batch = np.stack(perms[a : a + step])
+            out[a : a + len(batch)] = self._batch_marginals(batch)
+        return out
+
+    @torch.no_grad()
+    def _batch_marginals(self, perms: np.ndarray) -> np.ndarray:
+        p, sums = self._p, self._sums
+        P, K = perms.shape
+        idx = torch.as_tensor(perms, device=self.device)
+        tail = tuple(sums.Z.shape[1:])
+        S = sums.Z.index_select(0, idx.reshape(-1)).view(P, K, *tail)
+        S.cumsum_(1)  # every prefix's first-layer sum, per permutation
+        inv = (1.0 / torch.cumsum(sums.scale64[idx], 1)).reshape(-1)
+        later = [
+            (torch.cumsum(W[idx], 1).reshape(P * K, *W.shape[1:]), torch.cumsum(b[idx], 1).reshape(P * K, *b.shape[1:]))
+            for W, b in sums.later
+        ]
+        logits = prefix_logits(S.view(P * K, *tail), effective_later(later, inv), inv)
+        v = metric_values(logits, p.y, p.metric).view(P, K).cpu().numpy()
+        self.evaluations += P * K
+        vals = np.concatenate([np.full((P, 1), p.empty_value), v], axis=1)
+        out = np.empty((P, K), dtype=np.float64)
+        out[np.arange(P)[:, None], perms] = np.diff(vals, axis=1)
+        return out
+
+    @property
+    def marginal_fn(self) -> BatchMarginals:
+        """:meth:`marginals` as a PoSap marginal function that also offers :meth:`marginals_many`
+        (as ``many``), so a miner values its iterations in batches."""
+        return BatchMarginals(self.marginals, self.marginals_many)
+
+
+class BatchMarginals:
+    """A marginal function ``perm -> (K,)`` with a batched form ``many(perms) -> (n, K)``."""
+
+    def __init__(
+        self,
+        one: Callable[[Sequence[int]], np.ndarray],
+        many: Callable[[Sequence[Sequence[int]]], np.ndarray],
+    ) -> None:
+        self._one = one
+        self.many = many
+
+    def __call__(self, permutation: Sequence[int]) -> np.ndarray:
+        return self._one(permutation)
 
 
 def engine_for(

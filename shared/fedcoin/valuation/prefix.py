@@ -100,6 +100,18 @@ class PrefixSums:
             prev = out[j]
         return prev
 
+    def first_layer_scan(self, players: torch.Tensor, prev: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The sums of :meth:`first_layer_running` (up to rounding: a backend may accumulate its
+        running sum in higher precision) in three kernels (gather, add ``prev`` to the first, running
+        sum) instead of one addition per player: on a GPU each addition is a kernel launch that costs
+        more than the addition itself."""
+        m = int(players.shape[0])
+        chunk = out[:m]
+        torch.index_select(self.Z, 0, players, out=chunk)
+        chunk[0].add_(prev)
+        chunk.cumsum_(0)
+        return chunk[m - 1]
+
     def coalition(self, members: list[int]) -> tuple[torch.Tensor, LayerSums, torch.Tensor]:
         """First-layer sum ``(1, M, H1)``, later-layer sums and ``1 / sum s_k`` of one coalition."""
         idx = torch.as_tensor(members, dtype=torch.int64, device=self.device)
