@@ -16,6 +16,8 @@ from fedcoin.chain.encoding import tagged
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.reports import make_report
 from fedcoin.chain.transactions import make_transaction
+from fedcoin.chain.work import MAX_WORK_BYTES, WorkLog
+from fedcoin.chain.work import max_iterations as work_capacity
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.payments import reward_allocation
 from fedcoin.consensus.posap import (
@@ -497,6 +499,64 @@ def test_miner_default_sampler_is_the_chains_default():
     m.step(9)
     perms = [derive_permutation(PREV, "t", MINER, t, 4, sampler=ChainParams().sampler) for t in range(9)]
     assert np.array_equal(m.leaves(), np.stack([game.marginals(p) for p in perms]))
+
+
+def test_miner_values_a_step_in_one_batch_when_the_function_offers_many():
+    """A marginal function with ``many`` gets the step's permutations in one call; the work log is the one
+    the per-permutation path gives, and a ``many`` that answers the wrong number of rows is refused."""
+    game = CoalitionGame(5, random_game(5, 7))
+    calls: list[int] = []
+
+    class Batched:
+        def __call__(self, perm):
+            return game.marginals(perm)
+
+        def many(self, perms):
+            calls.append(len(perms))
+            return np.stack([game.marginals(q) for q in perms])
+
+    plain, batched = miner(game.marginals, n=5), miner(Batched(), n=5)
+    for count in (1, 6, 13):
+        plain.step(count)
+        batched.step(count)
+    assert calls == [6, 13]  # a single iteration goes through __call__
+    assert np.array_equal(plain.leaves(), batched.leaves()) and batched.iterations == 20
+    assert np.array_equal(plain.shapley, batched.shapley)
+
+    class Short(Batched):
+        def many(self, perms):
+            return super().many(perms)[:-1]
+
+    bad = miner(Short(), n=5)
+    with pytest.raises(InvalidInput):
+        bad.step(3)
+    assert bad.iterations == 0
+
+
+def test_miner_stops_where_a_blocks_work_log_is_full():
+    """Work past what a block can carry could never be proven: step runs up to ``max_iterations`` (by default
+    the work log's capacity) and no further, and the miner can still report and win with what it has."""
+    game = CoalitionGame(4, random_game(4, 5))
+    m = miner(game.marginals, n=4, max_iterations=10)
+    m.step(6)
+    assert not m.full
+    m.step(6)
+    assert m.iterations == 10 and m.full and m.leaves().shape == (10, 4)
+    assert m.step(6).iterations == 10
+    default = miner(game.marginals, n=4)
+    assert default.max_iterations == work_capacity(4) == MAX_WORK_BYTES // 32
+    for bad in (0, work_capacity(4) + 1, 2.5, True):
+        with pytest.raises(InvalidInput):
+            miner(game.marginals, n=4, max_iterations=bad)
+
+
+def test_a_work_log_past_its_capacity_is_a_clear_error():
+    n = 4096  # the widest task: 512 leaves fit
+    cap = work_capacity(n)
+    assert cap == 512
+    WorkLog.from_leaves(np.zeros((cap, n)), n)
+    with pytest.raises(InvalidInput, match="at most 512 iterations"):
+        WorkLog.from_leaves(np.zeros((cap + 1, n)), n)
 
 
 def test_additive_game_exact():

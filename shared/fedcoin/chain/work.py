@@ -39,6 +39,11 @@ LEAF_DOMAIN = b"fedcoin/work-leaf/v1"
 MAX_WORK_BYTES = 16 * 1024 * 1024  # 2 M float64 values: 20,000 iterations of K = 100 (a block fits 24 MiB)
 
 
+def max_iterations(n_players: int) -> int:
+    """The most leaves a work log of ``n_players`` values per leaf can hold (20,971 at K = 100)."""
+    return MAX_WORK_BYTES // (8 * n_players)
+
+
 def leaf_hash(index: int, leaf: np.ndarray | Sequence[float]) -> str:
     """The hash leaf ``index`` of a work log commits to."""
     row = np.ascontiguousarray(np.asarray(leaf, dtype="<f8"))
@@ -56,6 +61,11 @@ class WorkLog(LedgerModel):
         arr = np.ascontiguousarray(np.asarray(leaves, dtype="<f8")).reshape(-1, n_players)
         if not np.isfinite(arr).all():
             raise InvalidInput("a work log holds finite values only")
+        if arr.shape[0] > max_iterations(n_players):
+            raise InvalidInput(
+                f"a work log of {n_players} players holds at most {max_iterations(n_players):,} iterations "
+                f"({MAX_WORK_BYTES // 2**20} MiB); this one has {arr.shape[0]:,}"
+            )
         return cls(n_players=n_players, leaves_b64=base64.b64encode(arr.tobytes()).decode("ascii"))
 
     def leaves(self) -> np.ndarray:

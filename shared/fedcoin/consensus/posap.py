@@ -71,6 +71,7 @@ import numpy as np
 
 from fedcoin.chain.encoding import is_hex, tagged
 from fedcoin.chain.reports import ShapleyReport
+from fedcoin.chain.work import max_iterations as work_capacity
 from fedcoin.chain.work import work_mean
 from fedcoin.errors import InvalidInput
 from fedcoin.valuation.sampling import RunningMean
@@ -267,6 +268,9 @@ class PoSapMiner:
     permutations with it. It defaults to the default of
     :attr:`fedcoin.chain.genesis.ChainParams.sampler`, ``"paired"``, so a
     miner that names none mines work a chain with default parameters accepts.
+    ``max_iterations`` (default: what a block's work log holds,
+    :func:`fedcoin.chain.work.max_iterations`) stops :meth:`step` once the log is
+    that long (:attr:`full`).
     """
 
     def __init__(
@@ -281,6 +285,7 @@ class PoSapMiner:
         p: float = 2.0,
         min_peers: int = 1,
         sampler: Sampler = DEFAULT_SAMPLER,
+        max_iterations: int | None = None,
     ) -> None:
         if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 1:
             raise InvalidInput("n_players must be a positive integer")
@@ -291,6 +296,11 @@ class PoSapMiner:
         if not isinstance(min_peers, int) or min_peers < 0:
             raise InvalidInput("min_peers must be a non-negative integer")
         _check_sampler(sampler)
+        cap = work_capacity(n_players)
+        if max_iterations is not None and (
+            not isinstance(max_iterations, int) or isinstance(max_iterations, bool) or not 1 <= max_iterations <= cap
+        ):
+            raise InvalidInput(f"max_iterations must be an integer from 1 to {cap} (what a block's work log holds)")
         p_distance([0.0], [0.0], p)  # validates p
         _seed(prev_hash, task_id, miner, 0)  # validates the seed inputs
         self.miner = miner
@@ -301,6 +311,7 @@ class PoSapMiner:
         self.p = p
         self.min_peers = min_peers
         self.sampler: Sampler = sampler
+        self.max_iterations = cap if max_iterations is None else max_iterations
         self._marginals = marginals
         self._running = RunningMean(n_players)
         self._leaves: list[np.ndarray] = []
@@ -315,16 +326,37 @@ class PoSapMiner:
     def shapley(self) -> np.ndarray:
         return self._running.mean
 
+    @property
+    def full(self) -> bool:
+        """The work log holds ``max_iterations`` leaves: more work could not go into a block, so
+        :meth:`step` runs no more; the miner can still win if S̄ comes within D of its S."""
+        return self.iterations >= self.max_iterations
+
     def report(self) -> Report:
         return Report(tuple(float(x) for x in self._running.mean), self.iterations)
 
     def step(self, count: int = 1) -> Report:
-        """Run ``count`` iterations (lines 4–12) and return the report to broadcast."""
-        for _ in range(count):
-            perm = derive_permutation(
-                self.prev_hash, self.task_id, self.miner, self.iterations, self.n_players, sampler=self.sampler
-            )
-            leaf = np.array(self._marginals(perm), dtype=np.float64)
+        """Run ``count`` iterations (lines 4–12) and return the report to broadcast.
+
+        When the marginal function offers ``many(permutations) -> (count, K)`` (as
+        :attr:`fedcoin.valuation.engine.ShapleyEngine.marginal_fn` does), the ``count``
+        permutations are valued in one call; the leaves are the same either way. Runs fewer (none
+        once :attr:`full`) when ``count`` would take the log past ``max_iterations``."""
+        start, n = self.iterations, self.n_players
+        count = max(0, min(count, self.max_iterations - start))
+        perms = [
+            derive_permutation(self.prev_hash, self.task_id, self.miner, start + i, n, sampler=self.sampler)
+            for i in range(count)
+        ]
+        many = getattr(self._marginals, "many", None)
+        if callable(many) and count > 1:
+            rows = np.array(many(perms), dtype=np.float64)
+            if rows.shape[0] != count:
+                raise InvalidInput(f"many() gave {rows.shape[0]} marginal vectors for {count} permutations")
+            leaves = list(rows)
+        else:
+            leaves = [np.array(self._marginals(perm), dtype=np.float64) for perm in perms]
+        for leaf in leaves:
             self._running.update(leaf)  # line 11; rejects a wrong length or non-finite values
             self._leaves.append(leaf)
         return self.report()

@@ -109,8 +109,9 @@ def race(
                     local = states[k].network_average() if k != i else None
                     chain.add_block(block, local_avg=None if local is None else list(local))
                 return RaceResult(block, i, [x.iterations for x in states], rounds)
-        if max(s.iterations for s in states) >= max_iterations:
-            raise InvalidInput(f"no miner won within {max_iterations} iterations at D = {difficulty:g}")
+        if max(s.iterations for s in states) >= max_iterations or all(s.full for s in states):
+            most = min(max_iterations, states[0].max_iterations)
+            raise InvalidInput(f"no miner won within {most} iterations at D = {difficulty:g}")
 
 
 def demo_setup(n_clients: int, n_miners: int, budget: int, difficulty: float, published_at: int = 1_000):

@@ -62,17 +62,28 @@ class PoSapWorker:
         w = self._current()
         if w is None:
             return
+        before = w.posap.iterations
         try:
             report = w.posap.step(node.batch)  # the expensive part, outside the lock
         except Exception as exc:  # a broken task must not kill the miner
             log.exception("PoSap step failed on task %s", w.task.task_id)
             self._drop_task(w, f"{type(exc).__name__}: {exc}")
             return
-        node.stats["iterations"] += node.batch
+        node.stats["iterations"] += w.posap.iterations - before
         self._guarded(self._maybe_report, w, report)
         block = self._try_win(w)
         if block is not None:
             self._guarded(node.broadcast_block, block)
+        elif w.posap.full:  # no more work fits a block: wait for S̄ to move, a block, or a new head
+            if before < w.posap.max_iterations:
+                log.warning(
+                    "work log full on task %s at %d iterations (D=%g); waiting for the network",
+                    w.task.task_id,
+                    w.posap.iterations,
+                    w.posap.difficulty,
+                )
+            with node.lock:
+                node.wake.wait(timeout=0.5)
 
     def _current(self) -> Work | None:
         """The work in progress, started on the oldest unsettled task if there is none; None after a wait."""
