@@ -3,19 +3,26 @@ check that every reject reason of the registry is raised by some test."""
 
 from __future__ import annotations
 
+import base64
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from fedcoin.chain.blocks import Block, body_merkle_root
+from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.reports import make_report
-from fedcoin.chain.tasks import make_task
+from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.consensus.mining import build_block
 from fedcoin.errors import Reason, Rejected
 from fedcoin.ledger.chain import Chain
+from fedcoin.valuation.games import additive_game
+from fedcoin.valuation.sampling import CoalitionGame
 
 T0 = 1_700_000_000_000  # a fixed "now" (ms) for deterministic timestamps
 NOW = T0 + 10**9
@@ -200,3 +207,53 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"reject reasons no test raised: {', '.join(missing)}", red=True)
+
+
+# --- the services in-process (FastAPI's TestClient) ---------------------------------------------------
+VALUES = [0.5, 0.3, 0.2]  # Net.block tiles S = S̄ = these: the additive game's marginals
+
+
+def additive_engines(device=None):
+    """The miner's engine factory in these tests: the additive game of ``VALUES`` whatever the content,
+    so the blocks conftest's ``Net.block`` builds are honest work the miner's verifier recomputes."""
+    return lambda task, content: CoalitionGame(task.n_players, additive_game(VALUES).utility).marginals
+
+
+@pytest.fixture
+def node_env(tmp_path, monkeypatch, net) -> GenesisConfig:
+    for name in list(os.environ):
+        if name.startswith("FEDCOIN_"):
+            monkeypatch.delenv(name)
+    genesis = net.genesis()
+    genesis.save(tmp_path / "genesis.json")
+    monkeypatch.setenv("FEDCOIN_GENESIS", str(tmp_path / "genesis.json"))
+    monkeypatch.setenv("FEDCOIN_DATA_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("FEDCOIN_LOG_LEVEL", "WARNING")
+    return genesis
+
+
+@pytest.fixture
+def miner(node_env, monkeypatch) -> Iterator[TestClient]:
+    from services.miner.app import create_app
+
+    monkeypatch.setattr("fedcoin.node.miner_host.engine_factory", additive_engines)
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def give_task(miner: TestClient, net, task_id: str, published_at: int) -> ShapleyTask:
+    """A server-signed task delivered to the miner with its content, as the FL server does."""
+    content = f"content of {task_id}".encode()
+    task = make_task(
+        net.server,
+        task_id=task_id,
+        round=0,
+        clients=[c.account for c in net.clients],
+        train_price=700,
+        sap_price=200,
+        published_at=published_at,
+        content_hash=sha256_hex(content),
+    )
+    r = miner.post("/tasks", json={**task.to_dict(), "content_b64": base64.b64encode(content).decode()})
+    assert r.status_code == 202 and r.json()["status"] == "accepted", r.text
+    return task

@@ -3,73 +3,18 @@ FastAPI's own 404/405/422 included, with the reject reason of a block or transac
 
 from __future__ import annotations
 
-import base64
-import os
-from collections.abc import Iterator
-
 import pytest
+from conftest import give_task
 from fastapi.testclient import TestClient
 
-from fedcoin.chain.encoding import sha256_hex
-from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.reports import make_report
-from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import make_transaction
 from fedcoin.errors import SettingsError
 from fedcoin.ledger.chain import Chain, tie_key
-from fedcoin.valuation.games import additive_game
-from fedcoin.valuation.sampling import CoalitionGame
 
 USER = Identity.from_seed(b"U" * 32)
 SHAPE = {"error", "reason", "detail"}
-VALUES = [0.5, 0.3, 0.2]  # conftest's Net.block tiles S = S̄ = these: the additive game's marginals
-
-
-def additive_engines(device=None):
-    """The miner's engine factory in these tests: the additive game of ``VALUES`` whatever the content,
-    so the blocks conftest's ``Net.block`` builds are honest work the miner's verifier recomputes."""
-    return lambda task, content: CoalitionGame(task.n_players, additive_game(VALUES).utility).marginals
-
-
-@pytest.fixture
-def node_env(tmp_path, monkeypatch, net) -> GenesisConfig:
-    for name in list(os.environ):
-        if name.startswith("FEDCOIN_"):
-            monkeypatch.delenv(name)
-    genesis = net.genesis()
-    genesis.save(tmp_path / "genesis.json")
-    monkeypatch.setenv("FEDCOIN_GENESIS", str(tmp_path / "genesis.json"))
-    monkeypatch.setenv("FEDCOIN_DATA_DIR", str(tmp_path / "node"))
-    monkeypatch.setenv("FEDCOIN_LOG_LEVEL", "WARNING")
-    return genesis
-
-
-@pytest.fixture
-def miner(node_env, monkeypatch) -> Iterator[TestClient]:
-    from services.miner.app import create_app
-
-    monkeypatch.setattr("fedcoin.node.miner_host.engine_factory", additive_engines)
-    with TestClient(create_app()) as client:
-        yield client
-
-
-def give_task(miner: TestClient, net, task_id: str, published_at: int) -> ShapleyTask:
-    """A server-signed task delivered to the miner with its content, as the FL server does."""
-    content = f"content of {task_id}".encode()
-    task = make_task(
-        net.server,
-        task_id=task_id,
-        round=0,
-        clients=[c.account for c in net.clients],
-        train_price=700,
-        sap_price=200,
-        published_at=published_at,
-        content_hash=sha256_hex(content),
-    )
-    r = miner.post("/tasks", json={**task.to_dict(), "content_b64": base64.b64encode(content).decode()})
-    assert r.status_code == 202 and r.json()["status"] == "accepted", r.text
-    return task
 
 
 def error(r, status: int, reason: str) -> dict:

@@ -8,7 +8,11 @@ catch-up, and that bad input on every endpoint gets a 4xx with a reason and chan
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -196,3 +200,39 @@ def test_bad_input_gets_4xx_and_changes_nothing(network):
         assert check(http.post(f"{s}/tasks/other/cancel", json=cancel)).status_code == 400
     assert _get(f"{m}/chain/head") == before
     assert _get(f"{m}/balances") == bal_before
+
+
+def _fedcoin(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The `fedcoin` command, as a user runs it."""
+    cmd = [sys.executable, "-m", "fedcoin.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}, check=False)
+
+
+def test_the_cli_submits_a_task_and_reads_what_the_apis_say(network):
+    """`fedcoin task submit` follows a new task to its paid round; `task status`, `chain head`, `chain blocks`
+    and `balance` print what the services answer (run after the other tests: the chain moves on here)."""
+    net, _doc = network
+    env = {"FEDCOIN_REQUESTER_URL": net.url("requester"), "FEDCOIN_MINER_URL": net.url("miner2")}
+    t0 = time.time()
+    r = _fedcoin("task", "submit", "--budget", "500000", "--task-id", "by-cli", "--json", env=env, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    print(f"`fedcoin task submit` returned after {time.time() - t0:.1f} s")
+    task = json.loads(r.stdout)
+    assert task["task_id"] == "by-cli" and task["server"]["status"] == "done"
+    (res,) = task["server"]["round_results"]
+    rewards = res["payments"]["reward"]
+    assert sum(p["amount"] for p in rewards) == task["server"]["prices"]["train"] == 350_000
+    r = _fedcoin("task", "status", "by-cli", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == _get(f"{net.url('requester')}/tasks/by-cli")
+    head = wait_for_agreement(net.miner_urls, res["block_height"], timeout=60)
+    r = _fedcoin("chain", "head", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["hash"] == head["hash"]
+    r = _fedcoin("chain", "blocks", "--start", str(res["block_height"]), "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["header"]["task_id"] == "by-cli:r0"
+    paid = rewards[0]["to"]
+    r = _fedcoin("balance", paid, "--json", "--node", net.url("miner3"), env=env)
+    assert (
+        r.returncode == 0 and json.loads(r.stdout)["balance"] == _get(f"{net.url('miner3')}/balances/{paid}")["balance"]
+    )
+    r = _fedcoin("task", "status", "nope", env=env)
+    assert r.returncode == 2 and "unknown task" in r.stdout

@@ -10,13 +10,14 @@ import json
 import httpx
 import pytest
 
+from fedcoin.api import NewTask
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.transactions import Transaction
 from fedcoin.errors import Conflict
 from fedcoin.node.docstore import DocStore
 from fedcoin.node.messages import SignedMessage, TrainingRequest
 from fedcoin.node.peers import HttpTransport
-from fedcoin.node.requester import NewTask, Requester
+from fedcoin.node.requester import Requester
 
 SERVER = Identity.from_seed(b"S" * 32)
 REQUESTER = Identity.from_seed(b"R" * 32)

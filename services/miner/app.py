@@ -12,6 +12,19 @@ from typing import Any
 
 from fastapi import FastAPI, Query
 
+from fedcoin.api import (
+    AccountBalance,
+    Balances,
+    BlockAccepted,
+    BlockSummary,
+    ChainHead,
+    Health,
+    MinerStatus,
+    MinerTask,
+    MinerTaskSummary,
+    TransactionAccepted,
+    TransactionStatus,
+)
 from fedcoin.errors import NotFound
 from fedcoin.ledger.mempool import MAX_PENDING
 from fedcoin.node.miner_host import MinerHost
@@ -56,11 +69,11 @@ def create_app() -> FastAPI:
     )
     app.state.host = host
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> Json:
         return q.health()
 
-    @app.get("/status")
+    @app.get("/status", response_model=MinerStatus)
     def status() -> Json:
         return {**q.status(), "peers": host.peers}
 
@@ -68,11 +81,11 @@ def create_app() -> FastAPI:
     def peers() -> list[str]:
         return host.peers
 
-    @app.get("/chain/head")
+    @app.get("/chain/head", response_model=ChainHead)
     def chain_head() -> Json:
         return q.head()
 
-    @app.get("/chain")
+    @app.get("/chain", response_model=list[BlockSummary])
     def chain_summary() -> list[Json]:
         return q.summary()
 
@@ -88,11 +101,11 @@ def create_app() -> FastAPI:
     def block_by_hash(block_hash: str) -> Json:
         return _found(q.block_by_hash(block_hash), "block")
 
-    @app.post("/blocks")
+    @app.post("/blocks", response_model=BlockAccepted)
     async def post_block(body: Json) -> Json:
         return await host.deliver_block(body)
 
-    @app.post("/transactions", status_code=202)
+    @app.post("/transactions", status_code=202, response_model=TransactionAccepted)
     async def post_transaction(body: Json) -> Json:
         return await host.deliver_transaction(body)
 
@@ -107,15 +120,15 @@ def create_app() -> FastAPI:
         the mempool holds at most 10,000)."""
         return q.pending(offset, limit)
 
-    @app.get("/transactions/{txid}")
+    @app.get("/transactions/{txid}", response_model=TransactionStatus)
     def transaction(txid: str) -> Json:
         return _found(q.transaction(txid), "transaction")
 
-    @app.get("/balances")
+    @app.get("/balances", response_model=Balances)
     def balances() -> Json:
         return q.balances()
 
-    @app.get("/balances/{account}")
+    @app.get("/balances/{account}", response_model=AccountBalance)
     def balance(account: str) -> Json:
         return q.balance(account)
 
@@ -124,11 +137,11 @@ def create_app() -> FastAPI:
         """A server-signed Shapley task; its content is fetched from ``content_uri`` unless given as ``content_b64``."""
         return await host.deliver_task(body)
 
-    @app.get("/tasks")
+    @app.get("/tasks", response_model=list[MinerTaskSummary])
     def tasks() -> list[Json]:
         return q.tasks()
 
-    @app.get("/tasks/{task_id}")
+    @app.get("/tasks/{task_id}", response_model=MinerTask)
     def task(task_id: str) -> Json:
         return _found(q.task(task_id), "task")
 

@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from fedcoin.api import Health, NewTask, RequesterTask, RequesterTaskSummary, TaskCancelled, TaskCreated
 from fedcoin.ledger.store import connect
 from fedcoin.node.docstore import DocStore
 from fedcoin.node.peers import HttpTransport
-from fedcoin.node.requester import NewTask, Requester
+from fedcoin.node.requester import Requester
 from fedcoin.node.runtime import start_node
 from fedcoin.node.settings import RequesterSettings, load
 
@@ -49,25 +50,25 @@ def create_app() -> FastAPI:
 
     app = service_app("FedCoin model requester", __doc__, lifespan=lifespan)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> Json:
         return {"status": "ok", "role": "requester", "account": identity.account}
 
-    @app.post("/tasks", status_code=202)
+    @app.post("/tasks", status_code=202, response_model=TaskCreated)
     async def post_task(spec: NewTask) -> Json:
         """Create a training task: sign a deposit of V to the server and submit the request."""
         return await requester.create_task(spec)
 
-    @app.post("/tasks/{task_id}/cancel")
+    @app.post("/tasks/{task_id}/cancel", response_model=TaskCancelled)
     async def cancel_task(task_id: str) -> Json:
         """Ask the server to stop the task and refund what is left of its budget on chain."""
         return await requester.cancel(task_id)
 
-    @app.get("/tasks")
+    @app.get("/tasks", response_model=list[RequesterTaskSummary])
     def list_tasks() -> list[Json]:
         return requester.tasks()
 
-    @app.get("/tasks/{task_id}")
+    @app.get("/tasks/{task_id}", response_model=RequesterTask)
     async def get_task(task_id: str) -> Json:
         return await requester.task(task_id)
 

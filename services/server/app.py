@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from fedcoin.api import Health, ServerInfo, ServerTask, ServerTaskSummary, TaskCancelled
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.errors import InvalidInput, NotFound
 from fedcoin.node.messages import SignedMessage
@@ -66,11 +67,11 @@ def create_app() -> FastAPI:
             raise NotFound(f"unknown task {task_id}")
         return doc
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> Json:
         return {"status": "ok", "role": "server", "account": identity.account}
 
-    @app.get("/info")
+    @app.get("/info", response_model=ServerInfo)
     def info() -> Json:
         return {"account": identity.account, "miners": settings.miners, "clients": len(server.registered_clients())}
 
@@ -82,12 +83,12 @@ def create_app() -> FastAPI:
     def clients() -> list[Json]:
         return server.registered_clients()
 
-    @app.post("/tasks", status_code=202)
+    @app.post("/tasks", status_code=202, response_model=ServerTask)
     def submit(body: Json) -> Json:
         """A requester's signed training request with its deposit transaction."""
         return server.submit(SignedMessage.from_dict(body))
 
-    @app.post("/tasks/{task_id}/cancel")
+    @app.post("/tasks/{task_id}/cancel", response_model=TaskCancelled)
     def cancel(task_id: str, body: Json) -> Json:
         """The requester's signed cancel request: no new round starts; the unspent budget is refunded."""
         msg = SignedMessage.from_dict(body)
@@ -96,11 +97,11 @@ def create_app() -> FastAPI:
         doc = server.cancel(msg)
         return {"task_id": task_id, "status": doc["status"]}
 
-    @app.get("/tasks")
+    @app.get("/tasks", response_model=list[ServerTaskSummary])
     def tasks() -> list[Json]:
         return [{k: d[k] for k in ("task_id", "status", "budget", "rounds")} for d in server.tasks()]
 
-    @app.get("/tasks/{task_id}")
+    @app.get("/tasks/{task_id}", response_model=ServerTask)
     def task(task_id: str) -> Json:
         return task_doc(task_id)
 

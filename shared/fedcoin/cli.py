@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .api import RequesterTask
+from .chain.blocks import Block
 from .chain.genesis import GenesisConfig
-from .chain.identity import Identity
+from .chain.identity import Identity, check_account
+from .client import MinerClient, RequesterClient
 from .devnet.demo import DemoOutcome, follow_default_task
 from .devnet.local import LocalNetwork, plan_network
 from .devnet.simulation import demo_setup, race
@@ -67,12 +70,78 @@ def account(path: Path = typer.Argument(..., help="a private key file")) -> None
         _fail(exc)
 
 
-@app.command()
-def chain(
+# --- the services' APIs, through fedcoin.client ---------------------------------------------------
+MINER_URL = "http://127.0.0.1:8101"
+SERVER_URL = "http://127.0.0.1:8001"
+REQUESTER_URL = "http://127.0.0.1:8000"
+_MINER = typer.Option(MINER_URL, "--node", envvar="FEDCOIN_MINER_URL", help="a miner's base URL")
+_REQUESTER = typer.Option(REQUESTER_URL, "--node", envvar="FEDCOIN_REQUESTER_URL", help="the requester's base URL")
+_JSON = typer.Option(False, "--json", help="print the answer as JSON")
+
+chain_app = typer.Typer(help="A miner's chain (head, blocks), or a node's chain file (show).", no_args_is_help=True)
+app.add_typer(chain_app, name="chain")
+task_app = typer.Typer(help="Training tasks, through the model requester.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+
+def _dump(value: Any) -> None:
+    """Print a model, a list of models or plain data as JSON on stdout."""
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    elif hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _account_arg(value: str) -> str:
+    """An account id, or the account of a key file."""
+    path = Path(value)
+    if path.is_file():
+        return Identity.load(path).account
+    check_account(value)
+    return value
+
+
+@chain_app.command("head")
+def chain_head(node: str = _MINER, as_json: bool = _JSON) -> None:
+    """The miner's head: height, hash, difficulty."""
+    try:
+        with MinerClient(node) as c:
+            head = c.head()
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump(head)
+    console.print(
+        f"height {head.height}  hash {head.hash}\nD {head.difficulty:.3g} (next {head.next_difficulty:.3g})  "
+        f"genesis {head.genesis[:16]}"
+    )
+
+
+@chain_app.command("blocks")
+def chain_blocks(
+    start: int = typer.Option(0, min=0, help="first height"),
+    end: int | None = typer.Option(None, min=0, help="last height (default: the head; 100 at most per page)"),
+    node: str = _MINER,
+    as_json: bool = _JSON,
+) -> None:
+    """The miner's main-chain blocks, as a table (or whole, with --json)."""
+    try:
+        with MinerClient(node) as c:
+            blocks = c.blocks(start, end)
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump([b.to_dict() for b in blocks])
+    _print_blocks(f"chain from {node}", blocks)
+
+
+@chain_app.command("show")
+def chain_show(
     db: Path = typer.Option(..., help="a node's SQLite chain file"),
     genesis: Path = typer.Option(..., help="the genesis configuration (JSON)"),
 ) -> None:
-    """Print the main chain and balances stored in a node's chain file."""
+    """Print the main chain and balances stored in a node's chain file (no node running needed)."""
     try:
         ch = Chain.open(db, GenesisConfig.load(genesis))
     except (FedcoinError, OSError) as exc:
@@ -81,14 +150,14 @@ def chain(
     ch.close()
 
 
-def _print_chain(ch: Chain) -> None:
-    table = Table(title=f"chain (height {ch.height})")
+def _print_blocks(title: str, blocks: Iterable[Block]) -> None:
+    table = Table(title=title)
     for col in ("height", "hash", "winner", "task", "D", "iterations", "txs"):
         table.add_column(col)
-    for b in ch.main_chain_light():
+    for b in blocks:
         h = b.header
         table.add_row(
-            str(h.height),
+            str(b.height),
             b.hash[:16],
             h.winner[:12],
             h.task_id,
@@ -97,6 +166,10 @@ def _print_chain(ch: Chain) -> None:
             str(len(b.body.transactions)),
         )
     console.print(table)
+
+
+def _print_chain(ch: Chain) -> None:
+    _print_blocks(f"chain (height {ch.height})", ch.main_chain_light())
     bal = Table(title="balances")
     bal.add_column("account")
     bal.add_column("balance", justify="right")
@@ -443,6 +516,143 @@ def _print_outcome(outcome: DemoOutcome, miners: int) -> None:
         console.print(t)
     bal = outcome.balances
     console.print(f"supply {sum(bal['balances'].values())} = genesis {bal['supply']}")
+
+
+@app.command()
+def balance(
+    account: str = typer.Argument(..., help="an account id, or a key file"),
+    node: str = _MINER,
+    as_json: bool = _JSON,
+) -> None:
+    """An account's balance and nonce on a miner's main chain."""
+    try:
+        acct = _account_arg(account)
+        with MinerClient(node) as c:
+            bal = c.balance(acct)
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump(bal)
+    console.print(f"{bal.account}: {bal.balance} (nonce {bal.nonce}, height {bal.height})")
+
+
+@app.command()
+def transfer(
+    key: Path = typer.Option(..., help="the sender's key file"),
+    to: str = typer.Option(..., help="the recipient: an account id, or a key file"),
+    amount: int = typer.Option(..., min=1, help="base units"),
+    memo: str = typer.Option("", help="printable ASCII, up to 128 characters"),
+    wait: float = typer.Option(0.0, min=0, help="seconds to wait for the transfer to be confirmed (0: do not wait)"),
+    node: str = _MINER,
+    as_json: bool = _JSON,
+) -> None:
+    """Sign a transfer with the key file and submit it to a miner (which gossips it to the others)."""
+    try:
+        identity = Identity.load(key)
+        recipient = _account_arg(to)
+        with MinerClient(node) as c:
+            tx = c.transfer(identity, recipient, amount, memo)
+            status = c.transaction(tx.txid)
+            deadline = time.monotonic() + wait
+            while status.status != "confirmed" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                status = c.transaction(tx.txid)
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump(status)
+    where = f" in block {status.height}" if status.status == "confirmed" else ""
+    console.print(f"transfer {tx.txid[:16]}: {amount} to {recipient[:12]}, {status.status}{where}")
+    if wait and status.status != "confirmed":
+        raise typer.Exit(1)
+
+
+@task_app.command("submit")
+def task_submit(
+    budget: int = typer.Option(..., min=1, help="V in base units, deposited with the FL server"),
+    rounds: int = typer.Option(1, min=1, max=100, help="FedAvg rounds, one Shapley task and block each"),
+    task_id: str | None = typer.Option(None, "--task-id", help="letters, digits, _ and - (default: generated)"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="follow the task until it ends"),
+    timeout: float = typer.Option(3600.0, min=1, help="seconds to follow it"),
+    node: str = _REQUESTER,
+    as_json: bool = _JSON,
+) -> None:
+    """Submit a training task with its budget; with a live progress bar until its rounds are settled."""
+    try:
+        with RequesterClient(node) as c:
+            created = c.submit(budget, rounds, task_id)
+            if not wait:
+                return (
+                    _dump(created)
+                    if as_json
+                    else console.print(f"task {created.task_id} submitted (deposit {created.deposit_txid[:16]})")
+                )
+            final = _follow(c, created.task_id, rounds, timeout, quiet=as_json)
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump(final)
+    _print_task(final)
+    if final.server.status != "done":
+        raise typer.Exit(1)
+
+
+@task_app.command("status")
+def task_status(task_id: str = typer.Argument(...), node: str = _REQUESTER, as_json: bool = _JSON) -> None:
+    """A task's status, its settled rounds, Shapley values and payments."""
+    try:
+        with RequesterClient(node) as c:
+            t = c.task(task_id)
+    except FedcoinError as exc:
+        _fail(exc)
+    if as_json:
+        return _dump(t)
+    _print_task(t)
+
+
+def _follow(c: RequesterClient, task_id: str, rounds: int, timeout: float, quiet: bool) -> RequesterTask:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("task {task.fields[tid]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds settled"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("task", total=rounds, tid=task_id, status="submitted")
+
+        def update(t: RequesterTask) -> None:
+            status = t.server.status + (", miners racing" if getattr(t.server, "pending_round", None) else "")
+            progress.update(bar, completed=len(t.server.round_results), status=status)
+
+        return c.wait(task_id, timeout=timeout, poll=1.0, on_update=update)
+
+
+def _print_task(t: RequesterTask) -> None:
+    s = t.server
+    console.print(
+        f"task {t.task_id}: {s.status}, {len(s.round_results)}/{s.rounds} rounds settled; V = {s.budget} "
+        f"(train {s.prices.get('train')}, com {s.prices.get('com')}, sap {s.prices.get('sap')})"
+        + (f"; error: {s.error}" if s.error else "")
+    )
+    for res in s.round_results:
+        paid: dict[str, int] = {}
+        for p in res.payments.get("payout", []):
+            paid[p["to"]] = paid.get(p["to"], 0) + int(p["amount"])
+        acc = res.metrics.get("accuracy")
+        table = Table(
+            title=f"round {res.round}: block {res.block_height}, winner {res.winner[:12]}"
+            + (f", validation accuracy {acc:.3f}" if isinstance(acc, float) else "")
+        )
+        for col in ("client", "Shapley S̄", "paid"):
+            table.add_column(col, justify="right")
+        for client, value in zip(res.clients, res.shapley, strict=False):
+            table.add_row(client[:12], f"{value:+.5f}", str(paid.get(client, 0)))
+        console.print(table)
 
 
 if __name__ == "__main__":

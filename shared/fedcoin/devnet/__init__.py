@@ -2,5 +2,5 @@
 processes, waiting on them, and in-process simulation.
 
 May import: fedcoin.errors, fedcoin.chain, fedcoin.fl, fedcoin.valuation, fedcoin.consensus,
-fedcoin.ledger, fedcoin.node.
+fedcoin.ledger, fedcoin.api, fedcoin.client, fedcoin.node.
 """

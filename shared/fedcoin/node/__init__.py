@@ -2,5 +2,5 @@
 (PoSap worker, queries, gossip, sync), the FL server's round loop, the client and the requester.
 
 May import: fedcoin.errors, fedcoin.chain, fedcoin.fl, fedcoin.valuation, fedcoin.consensus,
-fedcoin.ledger; httpx, never a web framework.
+fedcoin.ledger, fedcoin.api, fedcoin.client; httpx, never a web framework.
 """

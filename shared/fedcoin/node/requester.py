@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from fedcoin.api import NewTask
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
-from fedcoin.chain.transactions import MAX_AMOUNT, make_transaction
+from fedcoin.chain.transactions import make_transaction
 from fedcoin.errors import Conflict, FedcoinError, InvalidInput, NotFound, Unavailable
 
 from .docstore import DocStore
@@ -30,16 +30,6 @@ from .messages import CancelRequest, TrainingRequest
 from .peers import HttpTransport
 
 log = logging.getLogger("fedcoin.requester")
-
-
-class NewTask(BaseModel):
-    """What a user asks for: a budget V, a number of rounds, optionally a task id and the price ratio."""
-
-    model_config = ConfigDict(extra="forbid")
-    budget: int = Field(gt=0, le=MAX_AMOUNT, description="V in base units")
-    rounds: int = Field(default=1, ge=1, le=100)
-    task_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    ratio: tuple[int, int, int] = (7, 1, 2)
 
 
 class Requester:
