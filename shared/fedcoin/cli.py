@@ -641,17 +641,18 @@ def _print_task(t: RequesterTask) -> None:
     )
     for res in s.round_results:
         paid: dict[str, int] = {}
-        for p in res.payments.get("payout", []):
+        for p in res.payments.get("reward", []):
             paid[p["to"]] = paid.get(p["to"], 0) + int(p["amount"])
         acc = res.metrics.get("accuracy")
         table = Table(
             title=f"round {res.round}: block {res.block_height}, winner {res.winner[:12]}"
             + (f", validation accuracy {acc:.3f}" if isinstance(acc, float) else "")
         )
-        for col in ("client", "Shapley S̄", "paid"):
-            table.add_column(col, justify="right")
+        table.add_column("client account", overflow="fold")
+        for col in ("Shapley S̄", "paid"):
+            table.add_column(col, justify="right", no_wrap=True)
         for client, value in zip(res.clients, res.shapley, strict=False):
-            table.add_row(client[:12], f"{value:+.5f}", str(paid.get(client, 0)))
+            table.add_row(client, f"{value:+.5f}", str(paid.get(client, 0)))
         console.print(table)
 
 

@@ -74,7 +74,7 @@ def error_from_response(r: httpx.Response) -> FedcoinError:
         return (OrphanBlock if error == "OrphanBlock" else StaleBlock)(f"{where}: {detail}")
     if error in ("InvalidTransaction", "InvalidBlock") and reason in Reason.__members__.values():
         cls = InvalidTransaction if error == "InvalidTransaction" else InvalidBlock
-        return cls(Reason(reason), f"{where}: {detail}")
+        return cls(Reason(reason), f"{where}: {detail.removeprefix(f'{reason}: ')}")
     message = f"{where}{f' ({reason})' if reason else ''}: {detail}"
     by_status: dict[int, type[FedcoinError]] = {401: InvalidSignature, 404: NotFound, 409: Conflict}
     if r.status_code in by_status:
