@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-gpu bench-verify load soak docs clean
+.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-gpu bench-verify flower-demo load soak docs clean
 
 setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
 
 $(BIN)/fedcoin: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,paper,testbed]'
+	$(BIN)/pip install --quiet -e '.[dev,paper,testbed,flower]'
 	@touch $@
 
 datasets: ## the offline default dataset (Debian's dataset-fashion-mnist), where apt is available
@@ -49,6 +49,9 @@ bench-shapley: $(BIN)/fedcoin ## Shapley utility engine vs naive evaluator (spee
 
 bench-engine: $(BIN)/fedcoin ## engine perm/s vs this machine's bandwidth and matmul bounds at 1 and 2 threads; sampler variance
 	$(BIN)/python scripts/bench_engine.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_engine.json
+
+flower-demo: $(BIN)/fedcoin ## a Flower app (examples/flower) on Flower's deployment runtime, its clients paid on a local FedCoin network
+	$(BIN)/python -m fedcoin.flower.demo --app examples/flower $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/flower-demo.json
 
 bench-gpu: $(BIN)/fedcoin ## the engine on CUDA: perm/s vs the GPU's bandwidth bound, CPU/GPU agreement, races (exits 2 without a GPU)
 	$(BIN)/python scripts/bench_gpu.py $(if $(wildcard ../shared/data/mnist),--dataset mnist --data-dir ../shared/data/mnist) --json build/bench_gpu.json

@@ -12,7 +12,20 @@ import fedcoin
 
 ROOT = Path(fedcoin.__file__).parent
 #: Bottom to top: a module may import the layers before its own, and its own.
-LAYERS = ["errors", "chain", "fl", "valuation", "consensus", "ledger", "api", "client", "node", "devnet", "cli"]
+LAYERS = [
+    "errors",
+    "chain",
+    "fl",
+    "valuation",
+    "consensus",
+    "ledger",
+    "api",
+    "client",
+    "node",
+    "devnet",
+    "flower",
+    "cli",
+]
 PACKAGES = [p for p in LAYERS if (ROOT / p).is_dir()]
 WEB_FRAMEWORKS = {"fastapi", "starlette", "flask", "uvicorn", "aiohttp", "django"}
 #: Third-party imports a layer may not use (everything above may).
@@ -87,3 +100,12 @@ def test_each_package_says_what_it_owns_and_may_import(package):
 def test_every_module_is_in_a_layer():
     assert {layer_of(p) for p in modules()} <= set(LAYERS)
     assert set(PACKAGES) == set(LAYERS) - {"errors", "cli"}
+
+
+def test_every_package_is_installed():
+    """A subpackage missing from pyproject's list works in the editable checkout and is absent from the image."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"fedcoin." + ".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.rglob("__init__.py")} - {"fedcoin."}
+    assert found | {"fedcoin"} <= listed

@@ -23,7 +23,7 @@ import torch
 
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
-from fedcoin.chain.tasks import make_task
+from fedcoin.chain.tasks import ShapleyTask, make_task
 from fedcoin.chain.transactions import Transaction, make_refund
 from fedcoin.consensus.payments import round_prices
 from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
@@ -43,6 +43,42 @@ Doc = dict[str, Any]
 def client_seed(task_id: str, account: str) -> int:
     """Each client's local SGD seed, distinct per client and round, reproducible from the task."""
     return int(sha256_hex(f"{task_id}/{account}".encode())[:8], 16)
+
+
+def round_task(
+    server: Identity,
+    doc: Doc,
+    r: int,
+    clients: list[str],
+    content_hash: str,
+    *,
+    metric: str,
+    empty_value: float,
+    content_uri: str = "",
+    deposit_confirmed: bool = False,
+) -> ShapleyTask:
+    """The signed Shapley task of round ``r`` of the training task ``doc`` (its ``task_id``, ``budget``,
+    ``rounds``, ``ratio``, ``deposit_txid`` and, unless ``deposit_confirmed``, the ``deposit`` itself as
+    funding): Algorithm 3's prices for the round, paid from the deposit's escrow."""
+    prices = round_prices(doc["budget"], doc["ratio"], doc["rounds"], r)  # the division contract's
+    return make_task(
+        server,
+        task_id=f"{doc['task_id']}:r{r}",
+        round=r,
+        clients=clients,
+        train_price=prices[0],
+        sap_price=prices[2],
+        deposit=doc["deposit_txid"],
+        budget=doc["budget"],
+        rounds=doc["rounds"],
+        ratio=list(doc["ratio"]),
+        published_at=int(time.time() * 1000),
+        metric=metric,
+        empty_value=empty_value,
+        content_hash=content_hash,
+        content_uri=content_uri,
+        funding=[] if deposit_confirmed else [Transaction.from_dict(doc["deposit"])],
+    )
 
 
 class RoundTrainer:
@@ -114,24 +150,16 @@ class RoundTrainer:
         ns = [n for _, _, n in got]
         new_global = fedavg(updates, ns, shapes)
         content_hash = self.blobs.put(pack_task_content(updates, ns, X_val, y_val, current))
-        prices = round_prices(doc["budget"], doc["ratio"], doc["rounds"], r)  # the division contract's
-        task = make_task(
+        task = round_task(
             self.identity,
-            task_id=stid,
-            round=r,
-            clients=[c["account"] for c, _, _ in got],
-            train_price=prices[0],
-            sap_price=prices[2],
-            deposit=doc["deposit_txid"],
-            budget=doc["budget"],
-            rounds=doc["rounds"],
-            ratio=list(doc["ratio"]),
-            published_at=int(time.time() * 1000),
+            doc,
+            r,
+            [c["account"] for c, _, _ in got],
+            content_hash,
             metric=s.metric,
             empty_value=self.empty_value(current, X_val, y_val),
-            content_hash=content_hash,
             content_uri=f"{self.settings.advertise_url}/blobs/{content_hash}",
-            funding=[] if deposit_confirmed else [Transaction.from_dict(doc["deposit"])],
+            deposit_confirmed=deposit_confirmed,
         )
         pending = {
             "round": r,

@@ -1,0 +1,1 @@
+"""A Flower app whose clients are paid by Shapley value on FedCoin."""
