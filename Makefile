@@ -79,7 +79,7 @@ CLIENTS         ?= 1
 UP_TIMEOUT      ?= 600
 DC              := $(COMPOSE) -p $(COMPOSE_PROJECT)
 
-.PHONY: base-image up down logs test-faults test-faults-local
+.PHONY: base-image up down logs test-faults test-faults-local swarm-up swarm-down test-swarm
 
 base-image: ## the local base image (debootstrap + docker import; no registry needed)
 	@bash scripts/build-base-image.sh
@@ -103,6 +103,22 @@ up: base-image ## build the image, start the testbed and wait until every servic
 
 down: ## stop the testbed and delete its volumes (chains, keys, genesis)
 	$(DC) down -v --remove-orphans
+
+swarm-up: base-image ## the testbed as a Docker Swarm stack (derived from docker-compose.yml; a single-node swarm if there is none)
+	FEDCOIN_BASE_IMAGE=$(BASE_IMAGE) $(DC) build init
+	$(BIN)/fedcoin testbed swarm-up --clients $(CLIENTS)
+
+swarm-down: ## remove the swarm stack, its volumes, and the swarm itself if swarm-up created it
+	$(BIN)/fedcoin testbed swarm-down
+
+test-swarm: ## CI: deploy the stack, wait for the default task to be paid on all 4 miners, remove it all
+	$(MAKE) swarm-up; status=$$?; \
+	if [ $$status -eq 0 ]; then $(BIN)/fedcoin testbed swarm-check; status=$$?; fi; \
+	if [ $$status -ne 0 ]; then docker service ls > build/swarm-logs.txt 2>&1; \
+	    for s in $$(docker service ls -q 2>/dev/null); do docker service logs --no-task-ids --tail 200 $$s >> build/swarm-logs.txt 2>&1; done; fi; \
+	$(MAKE) swarm-down; \
+	if [ $$status -ne 0 ]; then echo "test-swarm: failed; the services' logs are in build/swarm-logs.txt"; fi; \
+	exit $$status
 
 logs: ## follow the testbed's logs
 	$(DC) logs --follow --tail=100

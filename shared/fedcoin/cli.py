@@ -272,6 +272,58 @@ def testbed_down(project: str = typer.Option(COMPOSE_PROJECT, help="compose proj
     _compose(project, "down", "-v", "--remove-orphans", timeout=600)
 
 
+SWARM_DIR = Path("build/swarm")
+_SWARM_DIR = typer.Option(SWARM_DIR, "--dir", help="where the genesis, keys and derived stack file go")
+_STACK = typer.Option("fedcoin", "--stack", help="the stack's name")
+
+
+@testbed.command("swarm-up")
+def testbed_swarm_up(
+    compose_file: Path = typer.Option(Path("docker-compose.yml"), "--compose-file", help="the testbed to derive from"),
+    clients: int = typer.Option(1, min=1, max=32, help="client node replicas"),
+    directory: Path = _SWARM_DIR,
+    stack: str = _STACK,
+    timeout: float = typer.Option(600.0, help="seconds to wait for every service to be healthy"),
+) -> None:
+    """Deploy the testbed on Docker Swarm (a single-node swarm is created if there is none)."""
+    from .devnet.swarm import swarm_up
+
+    try:
+        out = swarm_up(compose_file, directory, stack=stack, clients=clients, timeout=timeout, say=console.print)
+    except FedcoinError as exc:
+        _fail(exc)
+    (directory / "up.json").write_text(json.dumps(out, indent=2))
+
+
+@testbed.command("swarm-check")
+def testbed_swarm_check(
+    task_id: str = typer.Option("default", "--task-id"),
+    timeout: float = typer.Option(900.0, help="seconds to wait for the task"),
+    directory: Path = _SWARM_DIR,
+) -> None:
+    """Wait for the requester's task on the swarm testbed: paid, and held by all four miners."""
+    from .devnet.swarm import swarm_check
+
+    up = directory / "up.json"
+    deployed_at = json.loads(up.read_text()).get("deployed_at") if up.exists() else None
+    try:
+        out = swarm_check(task_id=task_id, timeout=timeout, deployed_at=deployed_at, say=console.print)
+    except FedcoinError as exc:
+        _fail(exc)
+    (directory / "check.json").write_text(json.dumps(out, indent=2))
+
+
+@testbed.command("swarm-down")
+def testbed_swarm_down(directory: Path = _SWARM_DIR, stack: str = _STACK) -> None:
+    """Remove the stack and its volumes; leave the swarm if swarm-up created it."""
+    from .devnet.swarm import swarm_down
+
+    try:
+        swarm_down(directory, stack=stack, say=console.print)
+    except FedcoinError as exc:
+        _fail(exc)
+
+
 @testbed.command("faults")
 def testbed_faults(
     scenarios: list[str] = typer.Argument(None, help="scenarios to run (default: all)"),
