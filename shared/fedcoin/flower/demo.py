@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from fedcoin.chain.identity import Identity
+from fedcoin.client import MinerClient
 from fedcoin.devnet.local import LocalNetwork, plan_network
 from fedcoin.errors import InvalidInput, Unavailable
 
@@ -225,11 +226,10 @@ def run_flower_demo(
             fed.stop()
         results = json.loads(out.read_text())
         last = results["rounds"][-1]
-        with httpx.Client(timeout=10) as http:
-            balances = {a: http.get(f"{miner_urls[-1]}/balances/{a}").json()["balance"] for a in accounts}
-            head = http.get(f"{miner_urls[0]}/chain/head").json()
-            if head["height"] < last["block_height"]:
-                raise Unavailable(f"miner 1 is at height {head['height']}, below the last round's block")
+        with MinerClient(miner_urls[-1]) as miner:
+            balances = {a: miner.balance(a).balance for a in accounts}
+            if miner.head().height < last["block_height"]:
+                raise Unavailable(f"{miner_urls[-1]} is below the last round's block {last['block_height']}")
     return {
         **results,
         "accounts": accounts,

@@ -30,6 +30,7 @@ from fedcoin.api import RoundResult
 from fedcoin.chain.encoding import sha256_hex
 from fedcoin.chain.identity import Identity
 from fedcoin.chain.transactions import make_transaction
+from fedcoin.client import MinerClient
 from fedcoin.errors import FedcoinError, InvalidInput, Unavailable
 from fedcoin.fl.content import pack_task_content, pack_weights
 from fedcoin.fl.fedavg import fedavg, validate_update
@@ -126,14 +127,18 @@ class RoundPayer:
         return tx.txid
 
     def _requester_nonce(self) -> int:
-        info = self.miners.get(f"/balances/{self.requester.account}")
-        if info is None:
-            raise Unavailable("no miner answered the requester's balance")
-        if int(info["balance"]) < self.doc["budget"]:
-            raise InvalidInput(f"the requester holds {info['balance']}, less than the budget {self.doc['budget']}")
-        pending = self.miners.get("/transactions/pending") or []
-        mine = [int(t["nonce"]) for t in pending if t.get("sender") == self.requester.account]
-        return max([int(info["nonce"]), *(n + 1 for n in mine)])
+        """The requester's next nonce, from the first miner that answers; InvalidInput if it cannot pay V."""
+        account = self.requester.account
+        for url in self.miners.miners:
+            try:
+                with MinerClient(url, client=self._http) as miner:
+                    balance = miner.balance(account).balance
+                    if balance < self.doc["budget"]:
+                        raise InvalidInput(f"the requester holds {balance}, less than the budget {self.doc['budget']}")
+                    return miner.next_nonce(account)
+            except Unavailable as exc:
+                log.warning("miner %s: %s", url, exc)
+        raise Unavailable("no miner answered the requester's balance")
 
     # --- a round -------------------------------------------------------------------------------
     def check(self, r: int, signed: Sequence[SignedUpdate], shapes: Mapping[str, tuple[int, ...]]) -> list[Any]:
