@@ -85,7 +85,7 @@ base-image: ## the local base image (debootstrap + docker import; no registry ne
 	@bash scripts/build-base-image.sh
 
 up: base-image ## build the image, start the testbed and wait until every service is healthy
-	FEDCOIN_BASE_IMAGE=$(BASE_IMAGE) $(DC) up -d --build --scale client=$(CLIENTS)
+	FEDCOIN_BASE_IMAGE=$(BASE_IMAGE) $(DC) $(if $(MONITORING),--profile monitoring) up -d --build --scale client=$(CLIENTS)
 	@echo "up: waiting (at most $(UP_TIMEOUT) s) for every service to be healthy"
 	@deadline=$$(( $$(date +%s) + $(UP_TIMEOUT) )); \
 	while :; do \
@@ -102,7 +102,7 @@ up: base-image ## build the image, start the testbed and wait until every servic
 	@echo "miners     http://127.0.0.1:8101 .. http://127.0.0.1:8104   (GET /chain/head, /blocks/1, /balances)"
 
 down: ## stop the testbed and delete its volumes (chains, keys, genesis)
-	$(DC) down -v --remove-orphans
+	$(DC) --profile monitoring down -v --remove-orphans
 
 swarm-up: base-image ## the testbed as a Docker Swarm stack (derived from docker-compose.yml; a single-node swarm if there is none)
 	FEDCOIN_BASE_IMAGE=$(BASE_IMAGE) $(DC) build init

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,6 +37,7 @@ from fedcoin.errors import (
     Rejected,
     Unavailable,
 )
+from fedcoin.node.metrics import NodeMetrics
 from fedcoin.node.settings import NodeSettings, describe
 
 HTTP_REASONS = {
@@ -178,14 +180,56 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, "HTTPException", reason, str(exc.detail))
 
 
+class RequestMetrics:
+    """ASGI middleware: every HTTP request counted by route template (``/blocks/{height}``, not
+    the path itself, so the label set stays bounded), method and status, and timed."""
+
+    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(template, scope["method"], status, time.perf_counter() - t)
+
+
 def service_app(
-    title: str, description: str | None, *, body_limits: dict[str, int] | None = None, **kwargs: Any
+    title: str,
+    description: str | None,
+    *,
+    metrics: NodeMetrics,
+    body_limits: dict[str, int] | None = None,
+    **kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app described by ``description`` (a service's docstring, see :func:`service_doc`),
-    with the error handlers and the body-size limits (``body_limits``, else 256 KiB) installed."""
+    with the error handlers, the body-size limits (``body_limits``, else 256 KiB), the request
+    metrics and ``GET /metrics`` (Prometheus text format, from ``metrics``) installed."""
     app = FastAPI(title=title, version=__version__, description=description or "", **kwargs)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limits=body_limits)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     return app
 
 

@@ -9,12 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fedcoin.errors import InvalidInput
+from fedcoin.node.metrics import NodeMetrics
 from services.common import DEFAULT_BODY_LIMIT, MAX_DETAIL, service_app
 
 
 @pytest.fixture
 def client():
-    app = service_app("limits", "a test service", body_limits={"POST /big": 64 * 1024})
+    app = service_app("limits", "a test service", metrics=NodeMetrics("test"), body_limits={"POST /big": 64 * 1024})
     calls: list[int] = []
 
     @app.post("/small")

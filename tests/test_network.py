@@ -213,6 +213,7 @@ def test_the_cli_submits_a_task_and_reads_what_the_apis_say(network):
     and `balance` print what the services answer (run after the other tests: the chain moves on here)."""
     net, _doc = network
     env = {"FEDCOIN_REQUESTER_URL": net.url("requester"), "FEDCOIN_MINER_URL": net.url("miner2")}
+    before = {name: _metrics(net.url(name)) for name in ("miner2", "server", "client", "requester")}
     t0 = time.time()
     r = _fedcoin("task", "submit", "--budget", "500000", "--task-id", "by-cli", "--json", env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -236,3 +237,35 @@ def test_the_cli_submits_a_task_and_reads_what_the_apis_say(network):
     )
     r = _fedcoin("task", "status", "nope", env=env)
     assert r.returncode == 2 and "unknown task" in r.stdout
+    # the counters moved as the block was mined, on every kind of node
+    after = {name: _metrics(net.url(name)) for name in before}
+    m0, m1 = before["miner2"], after["miner2"]
+    assert m1["fedcoin_chain_height"] >= m0["fedcoin_chain_height"] + 1
+
+    def appended(m: dict[str, float]) -> float:  # received, synced or mined: every block that moved the head
+        outcomes = ("extended", "reorg", "sync-extended", "sync-reorg", "mined")
+        return sum(v for k, v in m.items() if any(f'outcome="{o}"' in k for o in outcomes))
+
+    assert appended(m1) >= appended(m0) + 1
+    assert m1["fedcoin_posap_iterations_total"] > m0["fedcoin_posap_iterations_total"]
+    assert m1["fedcoin_block_verify_seconds_count"] >= m0["fedcoin_block_verify_seconds_count"]
+    assert after["server"]['fedcoin_tasks{status="done"}'] == before["server"]['fedcoin_tasks{status="done"}'] + 1
+    assert after["server"]['fedcoin_round_phase_seconds_count{phase="settle"}'] > before["server"].get(
+        'fedcoin_round_phase_seconds_count{phase="settle"}', 0
+    )
+    assert (
+        after["client"]["fedcoin_client_train_seconds_count"] > before["client"]["fedcoin_client_train_seconds_count"]
+    )
+    assert after["requester"]["fedcoin_requester_tasks"] == before["requester"]["fedcoin_requester_tasks"] + 1
+    assert any(k.startswith("fedcoin_http_requests_total{") for k in after["requester"])
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """A service's /metrics as ``{'name{label="v",...}': value}``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

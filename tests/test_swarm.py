@@ -21,7 +21,9 @@ NET = Path("/srv/net")
 def test_every_service_but_init_keeps_its_definition():
     stack = stack_from_compose(COMPOSE, NET, clients=3)
     assert stack["version"] == "3.8"
-    assert set(stack["services"]) == set(COMPOSE["services"]) - {"init"}
+    optional = {n for n, svc in COMPOSE["services"].items() if svc.get("profiles")}
+    assert optional == {"prometheus"}
+    assert set(stack["services"]) == set(COMPOSE["services"]) - {"init"} - optional
     for name, svc in stack["services"].items():
         src = COMPOSE["services"][name]
         assert svc["image"] == src["image"] and svc["healthcheck"] == src["healthcheck"]

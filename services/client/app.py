@@ -50,7 +50,7 @@ def create_app() -> FastAPI:
             registering.cancel()
             await http.aclose()
 
-    app = service_app("FedCoin FL client", __doc__, lifespan=lifespan)
+    app = service_app("FedCoin FL client", __doc__, metrics=node.metrics, lifespan=lifespan)
 
     @app.get("/health")
     def health() -> Json:

@@ -60,6 +60,7 @@ def create_app() -> FastAPI:
     app = service_app(
         "FedCoin miner",
         __doc__,
+        metrics=host.node.metrics,
         lifespan=lifespan,
         body_limits={
             "POST /blocks": BLOCK_BODY_LIMIT,  # a block carries its work log: 8·K bytes per iteration

@@ -48,7 +48,7 @@ def create_app() -> FastAPI:
                 job.cancel()
             await http.aclose()
 
-    app = service_app("FedCoin model requester", __doc__, lifespan=lifespan)
+    app = service_app("FedCoin model requester", __doc__, metrics=requester.metrics, lifespan=lifespan)
 
     @app.get("/health", response_model=Health)
     def health() -> Json:

@@ -58,7 +58,7 @@ def create_app() -> FastAPI:
             worker.join(timeout=10)
             http.close()
 
-    app = service_app("FedCoin FL server", __doc__, lifespan=lifespan)
+    app = service_app("FedCoin FL server", __doc__, metrics=server.metrics, lifespan=lifespan)
     app.state.server = server
 
     def task_doc(task_id: str) -> Json:

@@ -3,7 +3,8 @@ second copy of the service definitions, and the steps around ``docker stack depl
 
 What :func:`stack_from_compose` changes, and why:
 
-* the one-shot ``init`` service goes: the genesis and the keys are made on the manager before
+* optional services (a ``profiles`` entry: Prometheus) are left out, and the one-shot
+  ``init`` service goes too: the genesis and the keys are made on the manager before
   the deploy (:func:`fedcoin.devnet.testnet.init_testnet`) and reach the services as a Docker
   **config** (``genesis.json``) and Docker **secrets** (each node's key, mode 0400, owned by the
   image's ``fedcoin`` user), not through a shared volume, which a swarm of several hosts does not
@@ -59,7 +60,7 @@ def stack_from_compose(compose: dict[str, Any], net_dir: Path, *, clients: int =
     services: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
     for name, svc in src["services"].items():
-        if name == "init":
+        if name == "init" or svc.get("profiles"):  # optional services (monitoring) are compose-only
             continue
         for k in DROPPED_KEYS:
             svc.pop(k, None)

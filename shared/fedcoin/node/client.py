@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from fedcoin.fl.partition import partition_by_type
 from fedcoin.fl.training import local_train
 
 from .messages import ClientRegistration, SignedMessage, TrainOrder, UpdateReceipt
+from .metrics import ClientMetrics, gauge
 from .peers import HttpTransport
 
 log = logging.getLogger("fedcoin.client")
@@ -84,6 +86,13 @@ class ClientNode:
         self.transport = transport
         self.server_account: str | None = None
         self.registered: set[str] = set()
+        self.metrics = ClientMetrics()
+        self.metrics.levels(
+            lambda: [
+                gauge("fedcoin_clients", "logical FL clients on this node", len(self.clients)),
+                gauge("fedcoin_registered_clients", "of them, registered with the server", len(self.registered)),
+            ]
+        )
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "role": "client", "clients": len(self.clients), "registered": len(self.registered)}
@@ -135,7 +144,14 @@ class ClientNode:
             )
             return pack_weights(w), n
 
-        blob, n = await asyncio.to_thread(work)
+        t0 = time.perf_counter()
+        try:
+            blob, n = await asyncio.to_thread(work)
+        except Exception:
+            self.metrics.trainings.labels("failed").inc()
+            raise
+        self.metrics.train_seconds.observe(time.perf_counter() - t0)
+        self.metrics.trainings.labels("done").inc()
         receipt = UpdateReceipt(task_id=order.task_id, round=order.round, n_samples=n, update_hash=sha256_hex(blob))
         return {
             "message": receipt.sign(client.identity).model_dump(),

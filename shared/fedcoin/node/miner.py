@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,13 +43,15 @@ from fedcoin.chain.tasks import ShapleyTask
 from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import BadLeaf, FraudProof, WorkVerifier
 from fedcoin.consensus.rules import max_report_iterations
-from fedcoin.errors import Conflict, FedcoinError, InvalidBlock, InvalidInput, Unavailable
+from fedcoin.errors import Conflict, FedcoinError, InvalidBlock, InvalidInput, Rejected, Unavailable
 from fedcoin.ledger.chain import AddResult, Chain, tie_key
 from fedcoin.ledger.mempool import Mempool
 from fedcoin.ledger.store import connect
 
 from .blobs import BlobStore
 from .docstore import DocStore
+from .logs import event
+from .metrics import Metric, MinerMetrics, counter, gauge
 from .taskbook import MarginalFn, MarginalsFactory, TaskBook
 from .worker import PoSapWorker, Work
 
@@ -78,6 +81,8 @@ class MinerNode:
         self.identity = identity
         self.chain = chain
         self.data_dir = Path(data_dir)
+        self.metrics = MinerMetrics()
+        self.metrics.levels(self._levels)
         self._conn = connect(self.data_dir / "node.sqlite")
         self.mempool = Mempool(conn=self._conn)
         self.tasks = TaskBook(
@@ -156,6 +161,14 @@ class MinerNode:
     def receive_report(self, report: ShapleyReport, *, now: int | None = None) -> None:
         """A peer's signed PoSap report: checked here (InvalidInput/InvalidSignature), then kept for the
         work on its (task, head), or until this node starts that work."""
+        try:
+            self._receive_report(report, now=now)
+        except FedcoinError:
+            self.metrics.reports.labels("rejected").inc()
+            raise
+        self.metrics.reports.labels("accepted").inc()
+
+    def _receive_report(self, report: ShapleyReport, *, now: int | None) -> None:
         if not isinstance(report, ShapleyReport):
             raise InvalidInput("receive_report needs a ShapleyReport")
         params = self.chain.params
@@ -194,24 +207,68 @@ class MinerNode:
         The sampled leaves are recomputed before the node's lock is taken (the verifier remembers
         the blocks it passed); a bad leaf raises :class:`~fedcoin.consensus.proofs.BadLeaf` after
         its proof is kept and broadcast."""
-        if isinstance(block, Block) and block.body.task is not None and self._may_beat_head([block]):
-            self._precheck_work(block)
+        t0 = time.perf_counter()
+        try:
+            if isinstance(block, Block) and block.body.task is not None and self._may_beat_head([block]):
+                self._precheck_work(block)
+            with self.lock:
+                local = None
+                w = self.work
+                if (
+                    w is not None
+                    and w.task.task_id == block.header.task_id
+                    and w.head == block.header.prev_hash
+                    and w.posap.iterations > 0
+                    and len(w.posap.peer_reports) >= self.min_peers
+                ):
+                    avg = w.posap.network_average()
+                    local = None if avg is None else list(avg)
+                result = self.chain.add_block(block, local_avg=local)
+                if result.status != "known":
+                    self.after_head_change(result.abandoned)
+        except Rejected as exc:
+            self.metrics.block("rejected", str(exc.reason), seconds=time.perf_counter() - t0)
+            log.info(
+                "block %s rejected: %s",
+                getattr(getattr(block, "header", None), "height", "?"),
+                exc,
+                extra=event("block-rejected", reason=str(exc.reason)),
+            )
+            raise
+        seconds = time.perf_counter() - t0
+        self.metrics.block(result.status, reorg_depth=result.reorg_depth, seconds=seconds)
+        if result.status != "known":
+            log.info(
+                "block %d accepted (%s), head at height %d",
+                block.height,
+                result.status,
+                result.height,
+                extra=event(
+                    "block-accepted", height=block.height, status=result.status, reorg_depth=result.reorg_depth
+                ),
+            )
+        return result
+
+    def _levels(self) -> list[Metric]:
         with self.lock:
-            local = None
             w = self.work
-            if (
-                w is not None
-                and w.task.task_id == block.header.task_id
-                and w.head == block.header.prev_hash
-                and w.posap.iterations > 0
-                and len(w.posap.peer_reports) >= self.min_peers
-            ):
-                avg = w.posap.network_average()
-                local = None if avg is None else list(avg)
-            result = self.chain.add_block(block, local_avg=local)
-            if result.status != "known":
-                self.after_head_change(result.abandoned)
-            return result
+            rate = None
+            if w is not None:
+                elapsed = time.time() - w.started
+                rate = w.posap.iterations / elapsed if elapsed > 0 else None
+            return [
+                gauge("fedcoin_chain_height", "height of the main chain's head", self.chain.height),
+                gauge("fedcoin_mempool_transactions", "transactions pending in the mempool", len(self.mempool)),
+                counter("fedcoin_posap_iterations", "PoSap iterations mined", self.stats["iterations"]),
+                counter("fedcoin_blocks_won", "blocks this miner won", self.stats["blocks_won"]),
+                counter("fedcoin_fraud_proofs", "fraud proofs received", self.stats["fraud_proofs"]),
+                gauge("fedcoin_engines_cached", "Shapley engines held in memory", len(self.tasks.cached)),
+                gauge(
+                    "fedcoin_posap_iterations_per_second",
+                    "the current race's iterations per second (0 when not mining)",
+                    rate or 0.0,
+                ),
+            ]
 
     def _may_beat_head(self, blocks: Sequence[Block]) -> bool:
         """False when the new blocks of ``blocks`` (a linked run) attach to a known block and bring less
@@ -257,15 +314,22 @@ class MinerNode:
             log.exception("fraud proof broadcast failed")
 
     def add_chain(self, blocks: list[Block]) -> AddResult:
-        if isinstance(blocks, Sequence) and self._may_beat_head(blocks):
-            for b in blocks:
-                if isinstance(b, Block) and b.body.task is not None and b.hash not in self.chain:
-                    self._precheck_work(b)
-        with self.lock:
-            result = self.chain.add_chain(blocks)
-            if result.status != "known":
-                self.after_head_change(result.abandoned)
-            return result
+        """A run of blocks from a peer (sync); counted per run in ``fedcoin_blocks_total{outcome="sync-..."}``."""
+        t0 = time.perf_counter()
+        try:
+            if isinstance(blocks, Sequence) and self._may_beat_head(blocks):
+                for b in blocks:
+                    if isinstance(b, Block) and b.body.task is not None and b.hash not in self.chain:
+                        self._precheck_work(b)
+            with self.lock:
+                result = self.chain.add_chain(blocks)
+                if result.status != "known":
+                    self.after_head_change(result.abandoned)
+        except Rejected as exc:
+            self.metrics.block("sync-rejected", str(exc.reason))
+            raise
+        self.metrics.block(f"sync-{result.status}", reorg_depth=result.reorg_depth, seconds=time.perf_counter() - t0)
+        return result
 
     def receive_fraud_proof(self, proof: FraudProof) -> AddResult:
         """A peer's fraud proof: checked with one recomputation (InvalidInput if it does not hold),
@@ -295,6 +359,13 @@ class MinerNode:
         self.tasks.evict(self.chain.is_settled)
         w = self.work
         if w is not None and w.head != self.chain.head:
+            if self.chain.is_settled(w.task) and self.chain.head_header.winner != self.identity.account:
+                log.info(
+                    "race for task %s lost after %d iterations",
+                    w.task.task_id,
+                    w.posap.iterations,
+                    extra=event("race-lost", task_id=w.task.task_id, iterations=w.posap.iterations),
+                )
             self.work = None
         self.wake.notify_all()
 

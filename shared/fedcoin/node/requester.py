@@ -27,6 +27,7 @@ from fedcoin.errors import Conflict, FedcoinError, InvalidInput, NotFound, Unava
 
 from .docstore import DocStore
 from .messages import CancelRequest, TrainingRequest
+from .metrics import NodeMetrics, gauge
 from .peers import HttpTransport
 
 log = logging.getLogger("fedcoin.requester")
@@ -49,6 +50,12 @@ class Requester:
         self.miners = miners
         self.transport = transport
         self._lock = asyncio.Lock()
+        self.metrics = NodeMetrics("requester")
+        self.metrics.levels(
+            lambda: [
+                gauge("fedcoin_requester_tasks", "training tasks created", len(self.docs.list("tasks"))),
+            ]
+        )
 
     async def _chain_nonce(self, budget: int) -> int:
         for m in self.miners:

@@ -43,7 +43,9 @@ from fedcoin.ledger.store import connect
 
 from .blobs import BlobStore
 from .docstore import DocStore
+from .logs import event
 from .messages import CancelRequest, ClientRegistration, SignedMessage, TrainingRequest
+from .metrics import Metric, ServerMetrics, gauge, gauge_by
 from .peers import ClientGateway, MinerGateway
 from .rounds import RoundTrainer, Settlement
 from .settings import ServerSettings
@@ -75,6 +77,8 @@ class FLServer:
         self.settlement = Settlement(miners, settings.settle_timeout)
         self.lock = threading.RLock()
         self.wake = threading.Event()
+        self.metrics = ServerMetrics()
+        self.metrics.levels(self._levels)
         self._refund_tried: dict[str, float] = {}  # task id -> when its refund was last attempted
 
     def validation(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,18 +282,32 @@ class FLServer:
             time.sleep(0.5)
         return []
 
+    def _levels(self) -> list[Metric]:
+        counts = dict.fromkeys(("queued", "awaiting-deposit", "training", "done", "failed", "cancelled"), 0)
+        for d in self.tasks():
+            counts[d["status"]] = counts.get(d["status"], 0) + 1
+        return [
+            gauge_by("fedcoin_tasks", "training tasks by status", "status", {k: float(v) for k, v in counts.items()}),
+            gauge("fedcoin_registered_clients", "FL clients registered", len(self.registered_clients())),
+        ]
+
     # --- 2.-4. one round ------------------------------------------------------------------
     def _round(self, doc: Doc, r: int, current: Update, stop: threading.Event) -> bool:
         """Train round ``r`` (unless a crash left it pending), have it settled and recorded; False if stopped."""
         pending = doc.get("pending_round")
         if pending is None or pending["round"] != r:
             confirmed = self.settlement.deposit_state(doc) == "confirmed"
-            pending = self.trainer.train(doc, r, current, self.registered_clients(), confirmed)
+            log.info("task %s: round %d training", doc["task_id"], r, extra=event("task-phase", phase="train", round=r))
+            with self.metrics.phase("train"):
+                pending = self.trainer.train(doc, r, current, self.registered_clients(), confirmed)
             doc["pending_round"] = pending
             self._save(doc)
-        settled = self.settlement.publish_and_settle(pending, stop)
+        log.info("task %s: round %d settling", doc["task_id"], r, extra=event("task-phase", phase="settle", round=r))
+        with self.metrics.phase("settle"):
+            settled = self.settlement.publish_and_settle(pending, stop)
         if settled is None:
             return False
+        self.metrics.rounds.inc()
         stid = pending["task"]["task_id"]
         doc["round_results"].append(
             {

@@ -113,6 +113,9 @@ class NodeSettings(BaseSettings):
     )
     port: int | None = Field(None, ge=1, le=65535, description="port the service listens on (set by the launcher)")
     log_level: LogLevel = Field("INFO", description="logging level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or as one JSON object each (event, reason, height, ...)"
+    )
     torch_threads: int = Field(1, ge=1, le=256, description="torch CPU threads")
 
     @property

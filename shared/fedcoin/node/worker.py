@@ -26,6 +26,8 @@ from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.posap import PoSapMiner, Report, p_distance
 from fedcoin.errors import FedcoinError, InvalidBlock
 
+from .logs import event
+
 if TYPE_CHECKING:
     from .miner import MinerNode
 
@@ -180,6 +182,13 @@ class PoSapWorker:
                     node.work = None
                 return None
             node.stats["blocks_won"] += 1
-            log.info("won task %s at height %d after %d iterations", w.task.task_id, block.height, w.posap.iterations)
+            node.metrics.block("mined", reorg_depth=result.reorg_depth)
+            log.info(
+                "won task %s at height %d after %d iterations",
+                w.task.task_id,
+                block.height,
+                w.posap.iterations,
+                extra=event("race-won", task_id=w.task.task_id, height=block.height, iterations=w.posap.iterations),
+            )
             node.after_head_change(result.abandoned)
             return block
