@@ -190,3 +190,15 @@ def test_miner_reads_do_not_add_up_the_timeouts_of_vanished_miners():
         t0 = time.monotonic()
         assert gw.get("/tasks/x") == {"settled": True, "block_hash": "ab"}
         assert time.monotonic() - t0 < 0.8  # the first answer does not wait for the vanished miner
+
+
+def test_a_gpu_miner_steps_in_batches_by_default():
+    from fedcoin.node.miner_host import default_batch
+
+    assert default_batch("cpu") == 4
+    if torch.cuda.is_available():  # pragma: no cover - with a GPU only
+        assert default_batch(None) == default_batch("cuda") == 64
+    else:
+        assert default_batch(None) == 4
+        with pytest.raises(InvalidInput):
+            default_batch("cuda")  # asked for, not there: the node refuses to start

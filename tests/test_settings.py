@@ -64,7 +64,7 @@ def test_an_empty_variable_counts_as_unset(genesis, monkeypatch):
     monkeypatch.setenv("FEDCOIN_PEERS", "")
     monkeypatch.setenv("FEDCOIN_BATCH", "")
     m = load(MinerSettings)
-    assert m.peers == [] and m.batch == default(MinerSettings, "batch") == 4
+    assert m.peers == [] and m.batch is None and default(MinerSettings, "batch") is None  # the device decides
 
 
 @pytest.mark.parametrize(

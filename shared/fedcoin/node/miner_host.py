@@ -23,6 +23,7 @@ from fedcoin.chain.transactions import Transaction
 from fedcoin.consensus.proofs import FraudProof
 from fedcoin.errors import FedcoinError, InvalidInput, OrphanBlock
 from fedcoin.ledger.chain import Chain
+from fedcoin.valuation.problem import resolve_device
 
 from .gossip import BATCH as MAX_BATCH
 from .gossip import Gossip
@@ -32,6 +33,12 @@ from .queries import MinerQueries
 from .settings import MinerSettings
 from .sync import ChainSync, ensure_task
 from .taskbook import MarginalsFactory, engine_factory
+
+
+def default_batch(device: str | None) -> int:
+    """PoSap iterations per step when ``FEDCOIN_BATCH`` is unset: 64 where the engine runs on CUDA
+    (batched, :meth:`~fedcoin.valuation.engine.ShapleyEngine.marginals_many`), else 4."""
+    return 64 if resolve_device(device).type == "cuda" else 4
 
 
 class MinerHost:
@@ -56,7 +63,7 @@ class MinerHost:
             chain,
             settings.state_dir,
             factory or engine_factory(settings.device),
-            batch=settings.batch,
+            batch=settings.batch or default_batch(settings.device),
             report_interval=settings.report_interval,
             verify_samples=settings.verify_samples,
             broadcast_report=self.gossip.send_report,

@@ -141,12 +141,12 @@ class MinerSettings(NodeSettings):
     peers: UrlList = Field(default_factory=list, description="base URLs of the other miners, comma-separated")
     advertise_url: str | None = Field(None, description="this miner's own URL (dropped from the peers if listed)")
     device: str | None = Field(None, description="torch device of the Shapley engine; default CUDA when present")
-    batch: int = Field(
-        4,
+    batch: int | None = Field(
+        None,
         ge=1,
         le=10_000,
-        description="PoSap iterations between two checks of the win condition; on a GPU, 64 lets the engine "
-        "value them in batches (about 5x the iterations/s)",
+        description="PoSap iterations between two checks of the win condition; default 4 on the CPU and 64 on "
+        "a GPU, where the engine values them in one batch (about 5x the iterations/s)",
     )
     report_interval: float = Field(0.25, ge=0, le=3600, description="seconds between two gossiped PoSap reports")
     sync_interval: float = Field(2.0, gt=0, le=3600, description="seconds between two polls of the peers' heads")
