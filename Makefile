@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup datasets lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-gpu bench-verify flower-demo load soak docs clean
+.PHONY: setup datasets browser lint format test test-fast demo simulate bench bench-extra bench-shapley bench-engine bench-gpu bench-verify flower-demo load soak docs clean
 
-setup: $(BIN)/fedcoin datasets ## create .venv and install everything (torch included)
+setup: $(BIN)/fedcoin datasets browser ## create .venv and install everything (torch included)
 
 $(BIN)/fedcoin: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,paper,testbed,flower]'
 	@touch $@
+
+browser: ## Debian's chromium and chromium-driver, for the explorer's browser tests (where apt is available)
+	@bash scripts/install-browser.sh
 
 datasets: ## the offline default dataset (Debian's dataset-fashion-mnist), where apt is available
 	@bash scripts/install-datasets.sh

@@ -6,11 +6,13 @@ Routes only: the node, its queries, gossip and sync are
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse, Response
 
 from fedcoin.api import (
     AccountBalance,
@@ -25,8 +27,10 @@ from fedcoin.api import (
     TransactionAccepted,
     TransactionStatus,
 )
-from fedcoin.errors import NotFound
+from fedcoin.chain.blocks import Block
+from fedcoin.errors import InvalidInput, NotFound
 from fedcoin.ledger.mempool import MAX_PENDING
+from fedcoin.node import explorer
 from fedcoin.node.miner_host import MinerHost
 from fedcoin.node.runtime import start_node
 from fedcoin.node.settings import MinerSettings, load
@@ -69,6 +73,43 @@ def create_app() -> FastAPI:
         },
     )
     app.state.host = host
+
+    # --- the explorer (HTML; fedcoin.node.explorer) -------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def explorer_chain() -> HTMLResponse:
+        heads = await asyncio.gather(*(host.http.get_json(f"{p}/chain/head", retries=0) for p in host.peers))
+        network = list(zip(host.peers, heads, strict=True))
+        return HTMLResponse(explorer.chain_page(q.head(), q.summary(), q.race(), network))
+
+    @app.get("/explorer/blocks/{height}", response_class=HTMLResponse, include_in_schema=False)
+    def explorer_block(height: str) -> HTMLResponse:
+        if not height.isdigit():
+            return HTMLResponse(explorer.error_page(400, f"not a block height: {height[:80]!r}"), 400)
+        block = q.block_at(int(height))
+        if block is None:
+            return HTMLResponse(explorer.error_page(404, f"no block at height {int(height)} on this chain"), 404)
+        return HTMLResponse(explorer.block_page({**block, "hash": Block.from_dict(block).hash}))
+
+    @app.get("/explorer/accounts/{account}", response_class=HTMLResponse, include_in_schema=False)
+    def explorer_account(account: str) -> HTMLResponse:
+        try:
+            balance, history = q.balance(account), q.history(account)
+        except InvalidInput as exc:
+            return HTMLResponse(explorer.error_page(400, f"not an account: {exc}"), 400)
+        return HTMLResponse(explorer.account_page(balance, history))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        found = explorer.static_file(name)
+        if found is None:
+            raise NotFound(f"no static file {name[:80]!r}")
+        data, media = found
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
+
+    @app.get("/race")
+    def race() -> Json:
+        """The race this miner is in: each miner's latest (S, iterations) and its distance to S̄ against D."""
+        return q.race()
 
     @app.get("/health", response_model=Health)
     def health() -> Json:

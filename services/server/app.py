@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fedcoin.api import Health, ServerInfo, ServerTask, ServerTaskSummary, TaskCancelled
 from fedcoin.chain.genesis import GenesisConfig
 from fedcoin.errors import InvalidInput, NotFound
+from fedcoin.node import explorer
 from fedcoin.node.messages import SignedMessage
 from fedcoin.node.peers import HttpClientGateway, HttpMinerGateway
 from fedcoin.node.runtime import start_node
@@ -66,6 +67,32 @@ def create_app() -> FastAPI:
         if doc is None:
             raise NotFound(f"unknown task {task_id}")
         return doc
+
+    # --- the explorer's task pages (HTML; fedcoin.node.explorer) ---------------------------------------
+    miner_url = settings.miners[0] if settings.miners else ""
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/explorer/tasks")
+
+    @app.get("/explorer/tasks", response_class=HTMLResponse, include_in_schema=False)
+    def explorer_tasks() -> HTMLResponse:
+        return HTMLResponse(explorer.tasks_page(server.tasks()))
+
+    @app.get("/explorer/tasks/{task_id}", response_class=HTMLResponse, include_in_schema=False)
+    def explorer_task(task_id: str) -> HTMLResponse:
+        doc = server.task(task_id)
+        if doc is None:
+            return HTMLResponse(explorer.error_page(404, f"no training task {task_id[:80]!r}", role="server"), 404)
+        return HTMLResponse(explorer.task_page(doc, miner_url))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        found = explorer.static_file(name)
+        if found is None:
+            raise NotFound(f"no static file {name[:80]!r}")
+        data, media = found
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
 
     @app.get("/health", response_model=Health)
     def health() -> Json:

@@ -71,6 +71,7 @@ class BlockSummary(Answer):
     difficulty: float
     iterations: int
     transactions: int
+    timestamp: int | None = None
 
 
 class BlockAccepted(Answer):

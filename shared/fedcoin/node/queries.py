@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fedcoin.chain.identity import check_account
+from fedcoin.consensus.posap import p_distance
 
 from .miner import MinerNode
 
 MAX_BLOCKS_PER_PAGE = 100
+MAX_HISTORY = 200
 
 
 class MinerQueries:
@@ -73,6 +75,7 @@ class MinerQueries:
                     "difficulty": b.header.difficulty,
                     "iterations": b.header.iterations,
                     "transactions": len(b.body.transactions),
+                    "timestamp": b.header.timestamp,
                 }
                 for b in self.chain.main_chain_light()
             ]
@@ -162,3 +165,50 @@ class MinerQueries:
             if w is not None and w.task.task_id == task_id:
                 out.update(mining=True, iterations=w.posap.iterations, distance=w.posap.distance())
             return out
+
+    def race(self) -> dict[str, Any]:
+        """The PoSap race this miner is in: each miner's latest (S, iterations), this one's included,
+        and its distance to S̄ against D; ``task_id`` None when it mines nothing."""
+        with self.node.lock:
+            w = self.node.work
+            if w is None:
+                return {"task_id": None, "head": self.chain.head, "height": self.chain.height, "miners": []}
+            posap = w.posap
+            avg = posap.network_average()
+            rows = []
+            own = self.node.identity.account
+            for account, report in [(own, posap.report()), *sorted(posap.peer_reports.items())]:
+                distance = None
+                if avg is not None and report.iterations > 0:
+                    distance = p_distance(report.shapley, avg, posap.p)
+                rows.append(
+                    {
+                        "account": account,
+                        "self": account == own,
+                        "iterations": report.iterations,
+                        "distance": distance,
+                        "within": distance is not None and distance <= posap.difficulty,
+                    }
+                )
+            return {
+                "task_id": w.task.task_id,
+                "head": w.head,
+                "height": self.chain.height,
+                "difficulty": posap.difficulty,
+                "p": posap.p,
+                "average": None if avg is None else [float(x) for x in avg],
+                "miners": rows,
+            }
+
+    def history(self, account: str, limit: int = MAX_HISTORY) -> list[dict[str, Any]]:
+        """The main chain's transactions to or from ``account``, newest first (at most ``limit``)."""
+        check_account(account)
+        out: list[dict[str, Any]] = []
+        with self.node.lock:
+            for b in reversed(self.chain.main_chain_light()):
+                for tx in b.body.transactions:
+                    if account in (tx.sender, tx.recipient):
+                        out.append({"height": b.height, "block_hash": b.hash, **tx.to_dict(), "txid": tx.txid})
+                        if len(out) >= limit:
+                            return out
+        return out
