@@ -155,7 +155,7 @@ def test_the_chain_page_follows_a_new_block_live(network, browser):
             time.sleep(0.2)
     racing = [table for status, table in seen if status.startswith("Task live:r0")]
     assert racing, "the race panel never showed the race"
-    assert any(int(r[1]) > 0 for table in racing for r in table)  # iterations, refreshed from /race
+    assert any(int(r[1]) > 0 and r[2] for table in racing for r in table)  # (S, iterations), refreshed from /race
     deadline = time.monotonic() + 30
     while int(text(browser, "#head-height")) <= before:  # no reload: the page's script fetched it
         assert time.monotonic() < deadline, "the chain page did not follow the new block"

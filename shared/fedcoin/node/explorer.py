@@ -149,22 +149,28 @@ def chain_page(
 
 def race_html(race: Mapping[str, Any]) -> str:
     if not race.get("task_id"):
-        return '<p id="race-status">Not mining: no unsettled task.</p>' + table(
-            ["miner", "iterations", "‖S − S̄‖", "within D"], [], id="race-table"
-        )
+        return '<p id="race-status">Not mining: no unsettled task.</p>' + table(RACE_COLUMNS, [], id="race-table")
     rows = [
         (
             account_link(m["account"]) + (" (this node)" if m["self"] else ""),
             _e(m["iterations"]),
+            _e(s_preview(m.get("shapley", []))),
             "—" if m["distance"] is None else f"{m['distance']:.5f}",
             "yes" if m["within"] else "no",
         )
         for m in race["miners"]
     ]
     status = f"Task {_e(race['task_id'])} on height {int(race['height'])}, D = {race['difficulty']:.3g}"
-    return f'<p id="race-status">{status}</p>' + table(
-        ["miner", "iterations", "‖S − S̄‖", "within D"], rows, id="race-table"
-    )
+    return f'<p id="race-status">{status}</p>' + table(RACE_COLUMNS, rows, id="race-table")
+
+
+RACE_COLUMNS = ["miner", "iterations", "S (first values)", "‖S − S̄‖", "within D"]
+
+
+def s_preview(values: Sequence[float], n: int = 4) -> str:
+    """The first ``n`` values of a Shapley vector, and how many there are."""
+    head = " ".join(f"{v:+.3f}" for v in values[:n])
+    return f"{head} … ({len(values)})" if len(values) > n else head
 
 
 def block_page(block: Mapping[str, Any]) -> str:
@@ -177,25 +183,25 @@ def block_page(block: Mapping[str, Any]) -> str:
         if t["kind"] == "reward":
             rewards[t["recipient"]] = rewards.get(t["recipient"], 0) + int(t["amount"])
     height = int(h["height"])
-    fields = [
-        ("height", _e(height)),
-        ("hash", f'<span class="hash">{_e(block.get("hash", ""))}</span>'),
-        (
-            "previous",
-            block_link(height - 1) + f' <span class="hash">{short(h["prev_hash"], 16)}</span>' if height else "—",
-        ),
-        ("time", _e(when(h["timestamp"]))),
-        ("winner", account_link(h["winner"]) if height else "—"),
-        ("task", _e(h["task_id"])),
+    prev = f'{block_link(height - 1)} <span class="hash">{short(h["prev_hash"], 16)}</span>' if height else "—"
+    fields = [  # Table 1's header items first, then the rest of the header
+        ("block ID (height)", _e(height)),
+        ("winner's ID", account_link(h["winner"]) if height else "—"),
+        ("previous hash", prev),
         ("difficulty D", f"{h['difficulty']:.4g}"),
+        ("Merkle tree root", f'<span class="hash">{_e(h["merkle_root"])}</span>'),
+        ("hash", f'<span class="hash">{_e(block.get("hash", ""))}</span>'),
+        ("time", _e(when(h["timestamp"]))),
+        ("task", _e(h["task_id"])),
+        ("task hash", f'<span class="hash">{_e(h["task_hash"])}</span>'),
         ("iterations", _e(h["iterations"])),
-        ("Merkle root", f'<span class="hash">{_e(h["merkle_root"])}</span>'),
         ("work root", f'<span class="hash">{_e(h["work_root"])}</span>'),
+        ("reports root", f'<span class="hash">{_e(h["reports_root"])}</span>'),
     ]
     header = table(["field", "value"], fields, id="header-table", cls="fields")
     shapley = ""
     if clients and h["s_avg"]:
-        shapley = "<h2>Shapley values S̄</h2>" + bars([c[:12] for c in clients], h["s_avg"])
+        shapley = "<h2>Averaged S (S̄) and the winner's S</h2>" + bars([c[:12] for c in clients], h["s_avg"])
         shapley += table(
             ["client", "S̄", "S of the winner", "paid"],
             [

@@ -186,6 +186,7 @@ class MinerQueries:
                         "account": account,
                         "self": account == own,
                         "iterations": report.iterations,
+                        "shapley": [float(x) for x in report.shapley],
                         "distance": distance,
                         "within": distance is not None and distance <= posap.difficulty,
                     }

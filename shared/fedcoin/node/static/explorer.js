@@ -4,6 +4,10 @@
   function acct(a) { return '<a class="hash" href="/explorer/accounts/' + esc(a) + '" title="' + esc(a) + '">' + esc(a.slice(0, 12)) + '</a>'; }
   function when(ms) { return new Date(ms).toISOString().replace('T', ' ').slice(0, 19) + ' UTC'; }
   async function get(path) { const r = await fetch(path, {cache: 'no-store'}); if (!r.ok) throw new Error(path); return r.json(); }
+  function preview(s) {
+    const head = s.slice(0, 4).map(v => (v >= 0 ? '+' : '') + Number(v).toFixed(3)).join(' ');
+    return esc(s.length > 4 ? head + ' … (' + s.length + ')' : head);
+  }
   let shown = null;
   async function tick() {
     try {
@@ -27,7 +31,7 @@
       else {
         status.textContent = 'Task ' + race.task_id + ' on height ' + race.height + ', D = ' + Number(race.difficulty).toPrecision(3);
         rows.innerHTML = race.miners.map(m => '<tr><td>' + acct(m.account) + (m.self ? ' (this node)' : '') + '</td><td>' +
-          m.iterations + '</td><td>' + (m.distance === null ? '—' : Number(m.distance).toFixed(5)) + '</td><td>' +
+          m.iterations + '</td><td>' + preview(m.shapley) + '</td><td>' + (m.distance === null ? '—' : Number(m.distance).toFixed(5)) + '</td><td>' +
           (m.within ? 'yes' : 'no') + '</td></tr>').join('');
       }
       document.getElementById('updated').textContent = 'updated ' + new Date().toISOString().slice(11, 19);
