@@ -59,18 +59,17 @@ def browser():
 
 
 def text(driver, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, css).text
+    """An element's text, read in one script call (the page's own script rewrites parts of it every second)."""
+    return driver.execute_script("return document.querySelector(arguments[0]).innerText.trim()", css)
 
 
 def rows(driver, css: str) -> list[list[str]]:
-    from selenium.webdriver.common.by import By
-
-    return [
-        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        for tr in driver.find_elements(By.CSS_SELECTOR, f"{css} tbody tr")
-    ]
+    """A table's body as text, read atomically in one script call: no stale element between two reads."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr'))"
+        ".map(tr => Array.from(tr.cells).map(td => td.innerText.trim()))",
+        css,
+    )
 
 
 def shot(driver, name: str) -> None:
