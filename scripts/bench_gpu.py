@@ -121,6 +121,25 @@ def median_seconds(engine: ShapleyEngine, perms: list[np.ndarray]) -> float:
     return statistics.median(times)
 
 
+def speed_row(s: float, s_cpu: float, bound: float, config: dict) -> dict:
+    """One engine configuration's speed (``s`` seconds per permutation) against the bound and the CPU."""
+    return {
+        **config,
+        "perm_per_s": 1 / s,
+        "ms_per_perm": s * 1e3,
+        "fraction_of_bandwidth_bound": (1 / s) / bound,
+        "fraction_of_read_plus_write_bound": (1 / s) / (2 * bound),
+        "speedup_vs_cpu": s_cpu / s,
+    }
+
+
+def speed_text(s: float, s_cpu: float, bound: float) -> str:
+    return (
+        f"{1 / s:8,.0f} perm/s ({s * 1e3:.3f} ms): {(1 / s) / bound:.1%} of the bandwidth bound, "
+        f"{s_cpu / s:.1f}x the CPU"
+    )
+
+
 def agreement(cpu: ShapleyEngine, gpu: ShapleyEngine, perms: list[list[int]], tolerance: float) -> dict:
     ref = np.stack([cpu.marginals(p) for p in perms])
     batched = float(np.max(np.abs(gpu.marginals_many(perms) - ref)))
@@ -178,22 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         for scan in (False, True):
             gpu = ShapleyEngine(updates, ns, Xv, yv, metric=args.metric, device=device, chunk_size=chunk, scan=scan)
             s = median_seconds(gpu, perms)
-            row = {
-                "chunk_size": chunk,
-                "scan": scan,
-                "perm_per_s": 1 / s,
-                "ms_per_perm": s * 1e3,
-                "fraction_of_bandwidth_bound": (1 / s) / bound,
-                "fraction_of_read_plus_write_bound": (1 / s) / (2 * bound),
-                "speedup_vs_cpu": s_cpu / s,
-            }
-            res["gpu"][f"chunk{chunk}-{'scan' if scan else 'loop'}"] = row
+            config = {"chunk_size": chunk, "scan": scan}
+            res["gpu"][f"chunk{chunk}-{'scan' if scan else 'loop'}"] = speed_row(s, s_cpu, bound, config)
             if best is None or s < best[0]:
-                best = (s, {"chunk_size": chunk, "scan": scan})
-            print(
-                f"GPU engine, chunk {chunk:3d}, {'scan' if scan else 'loop'}: {1 / s:8,.0f} perm/s "
-                f"({s * 1e3:.2f} ms): {(1 / s) / bound:.1%} of the bandwidth bound, {s_cpu / s:.1f}x the CPU"
-            )
+                best = (s, config)
+            print(f"GPU engine, chunk {chunk:3d}, {'scan' if scan else 'loop'}: {speed_text(s, s_cpu, bound)}")
             del gpu
     assert best is not None
     for batch in args.batches:
@@ -207,21 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             gpu.marginals_many(perms[:n])
             times.append((time.perf_counter() - t) / n)
         s = statistics.median(times)
-        row = {
-            "batch_size": batch,
-            "perm_per_s": 1 / s,
-            "ms_per_perm": s * 1e3,
-            "fraction_of_bandwidth_bound": (1 / s) / bound,
-            "fraction_of_read_plus_write_bound": (1 / s) / (2 * bound),
-            "speedup_vs_cpu": s_cpu / s,
-        }
-        res["gpu"][f"batch{batch}"] = row
+        res["gpu"][f"batch{batch}"] = speed_row(s, s_cpu, bound, {"batch_size": batch})
         if s < best[0]:
             best = (s, {"batch_size": batch})
-        print(
-            f"GPU engine, batches of {batch:3d}: {1 / s:8,.0f} perm/s ({s * 1e3:.3f} ms): "
-            f"{(1 / s) / bound:.1%} of the bandwidth bound, {s_cpu / s:.1f}x the CPU"
-        )
+        print(f"GPU engine, batches of {batch:3d}: {speed_text(s, s_cpu, bound)}")
         del gpu
     default = ShapleyEngine(updates, ns, Xv, yv, metric=args.metric, device=device)
     res["gpu_default"] = {"chunk_size": default.chunk_size, "scan": default.scan, "batch_size": default.batch_size}

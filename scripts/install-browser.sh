@@ -7,16 +7,7 @@ if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&
     echo "browser: chromium and chromedriver present"
     exit 0
 fi
-if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-            echo "browser: not root and no sudo; install chromium and chromium-driver yourself" >&2; exit 0; fi
-    fi
-    echo "browser: installing chromium and chromium-driver with apt-get"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
-    command -v chromedriver >/dev/null
-else
-    echo "browser: no apt-get here; the explorer's browser tests need chromium and chromedriver" >&2
+bash "$(dirname "$0")/apt-packages.sh" browser chromium chromium-driver
+if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    command -v chromedriver >/dev/null  # installed, so it must be there
 fi

@@ -37,6 +37,7 @@ from fedcoin.errors import (
     Rejected,
     Unavailable,
 )
+from fedcoin.node.explorer import static_file
 from fedcoin.node.metrics import NodeMetrics
 from fedcoin.node.settings import NodeSettings, describe
 
@@ -219,11 +220,21 @@ def service_app(
 ) -> FastAPI:
     """A FastAPI app described by ``description`` (a service's docstring, see :func:`service_doc`),
     with the error handlers, the body-size limits (``body_limits``, else 256 KiB), the request
-    metrics and ``GET /metrics`` (Prometheus text format, from ``metrics``) installed."""
+    metrics, ``GET /metrics`` (Prometheus text format, from ``metrics``) and ``GET /static/{name}``
+    (the explorer's assets) installed."""
     app = FastAPI(title=title, version=__version__, description=description or "", **kwargs)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limits=body_limits)
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        """The explorer's stylesheet and script (fedcoin.node.explorer), served by the node itself."""
+        found = static_file(name)
+        if found is None:
+            raise NotFound(f"no static file {name[:80]!r}")
+        data, media = found
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

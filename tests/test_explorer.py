@@ -29,8 +29,8 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 def network(tmp_path_factory):
     d = tmp_path_factory.mktemp("explorer-net")
     specs = plan_network(
-        d, miners=4, client_types="0-9", base_port=BASE_PORT, budget=1_000_000, rounds=1, initial_difficulty=0.1
-    )
+        d, miners=4, client_types="0-9", base_port=BASE_PORT, budget=1_000_000, rounds=1, initial_difficulty=0.03
+    )  # a D at which a race lasts several of the page's 1 s refreshes, so the test can watch one
     net = LocalNetwork(d, specs)
     try:
         net.start_all()

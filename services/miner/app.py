@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse
 
 from fedcoin.api import (
     AccountBalance,
@@ -97,14 +97,6 @@ def create_app() -> FastAPI:
         except InvalidInput as exc:
             return HTMLResponse(explorer.error_page(400, f"not an account: {exc}"), 400)
         return HTMLResponse(explorer.account_page(balance, history))
-
-    @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
-        found = explorer.static_file(name)
-        if found is None:
-            raise NotFound(f"no static file {name[:80]!r}")
-        data, media = found
-        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
 
     @app.get("/race")
     def race() -> Json:

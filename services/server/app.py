@@ -86,14 +86,6 @@ def create_app() -> FastAPI:
             return HTMLResponse(explorer.error_page(404, f"no training task {task_id[:80]!r}", role="server"), 404)
         return HTMLResponse(explorer.task_page(doc, miner_url))
 
-    @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
-        found = explorer.static_file(name)
-        if found is None:
-            raise NotFound(f"no static file {name[:80]!r}")
-        data, media = found
-        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
-
     @app.get("/health", response_model=Health)
     def health() -> Json:
         return {"status": "ok", "role": "server", "account": identity.account}

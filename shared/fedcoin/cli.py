@@ -304,10 +304,12 @@ def testbed_swarm_check(
     """Wait for the requester's task on the swarm testbed: paid, and held by all four miners."""
     from .devnet.swarm import swarm_check
 
-    up = directory / "up.json"
-    deployed_at = json.loads(up.read_text()).get("deployed_at") if up.exists() else None
+    up = json.loads((directory / "up.json").read_text()) if (directory / "up.json").exists() else {}
+    miners = [u for name, u in up.get("urls", {}).items() if name.startswith("miner")] or None
     try:
-        out = swarm_check(task_id=task_id, timeout=timeout, deployed_at=deployed_at, say=console.print)
+        out = swarm_check(
+            task_id=task_id, timeout=timeout, miners=miners, deployed_at=up.get("deployed_at"), say=console.print
+        )
     except FedcoinError as exc:
         _fail(exc)
     (directory / "check.json").write_text(json.dumps(out, indent=2))

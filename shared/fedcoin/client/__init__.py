@@ -6,6 +6,6 @@ May import: fedcoin.errors, fedcoin.chain, fedcoin.fl, fedcoin.valuation, fedcoi
 fedcoin.ledger, fedcoin.api; httpx, never torch or a web framework.
 """
 
-from .http import MinerClient, RequesterClient, ServerClient, error_from_response
+from .http import MinerClient, RequesterClient, ServerClient, ServiceClient, error_from_response
 
-__all__ = ["MinerClient", "RequesterClient", "ServerClient", "error_from_response"]
+__all__ = ["MinerClient", "RequesterClient", "ServerClient", "ServiceClient", "error_from_response"]

@@ -84,8 +84,9 @@ def error_from_response(r: httpx.Response) -> FedcoinError:
     return InvalidInput(message)
 
 
-class _Service:
-    """A service at ``url``. Use as a context manager, or call :meth:`close`."""
+class ServiceClient:
+    """Any service at ``url`` (its ``GET /health``); the role's own client adds its API. Use as a context
+    manager, or call :meth:`close`."""
 
     def __init__(
         self, url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, client: httpx.Client | None = None
@@ -141,7 +142,7 @@ class _Service:
         return self._get("/health", Health)
 
 
-class MinerClient(_Service):
+class MinerClient(ServiceClient):
     """A miner's API: its chain, balances, transactions, Shapley tasks and mining status."""
 
     def status(self) -> MinerStatus:
@@ -215,7 +216,7 @@ class MinerClient(_Service):
         return self._get("/peers", list[str])
 
 
-class ServerClient(_Service):
+class ServerClient(ServiceClient):
     """The FL server's API: its training tasks, their rounds, Shapley values and payments."""
 
     def info(self) -> ServerInfo:
@@ -235,7 +236,7 @@ class ServerClient(_Service):
         return self._request("GET", f"/tasks/{task_id}/model", timeout=60).content
 
 
-class RequesterClient(_Service):
+class RequesterClient(ServiceClient):
     """The model requester's API: submit a training task with its budget, follow it, fetch the model."""
 
     def submit(

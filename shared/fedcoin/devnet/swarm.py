@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedcoin.client import MinerClient, RequesterClient
+from fedcoin.client import MinerClient, RequesterClient, ServiceClient
 from fedcoin.errors import FedcoinError, InvalidInput, NotFound, Unavailable
 
 from .testnet import init_testnet
@@ -45,7 +45,7 @@ DROPPED_KEYS = ("build", "pull_policy", "depends_on", "restart", "container_name
 MINER_RE = re.compile(r"miner(\d+)$")
 
 
-def _key_name(service: str, env: dict[str, Any]) -> str | None:
+def _key_name(env: dict[str, Any]) -> str | None:
     """The key file a service's FEDCOIN_KEY names in the init volume (``/net/miner1.key`` -> ``miner1.key``)."""
     key = env.get("FEDCOIN_KEY")
     return None if key is None else Path(str(key)).name
@@ -69,7 +69,7 @@ def stack_from_compose(compose: dict[str, Any], net_dir: Path, *, clients: int =
         if not svc["volumes"]:
             svc.pop("volumes")
         svc["configs"] = [{"source": "genesis", "target": str(env.get("FEDCOIN_GENESIS", "/net/genesis.json"))}]
-        key = _key_name(name, env)
+        key = _key_name(env)
         if key is not None:
             secret = f"{name}-key"
             secrets[secret] = {"file": str(net_dir / key)}
@@ -170,7 +170,7 @@ def swarm_up(
     while pending:
         for name, url in list(pending.items()):
             try:
-                with MinerClient(url, timeout=3) as c:
+                with ServiceClient(url, timeout=3) as c:
                     c.health()
                 pending.pop(name)
             except FedcoinError:
@@ -195,11 +195,13 @@ def swarm_check(
     *,
     task_id: str = "default",
     timeout: float = 900,
+    miners: list[str] | None = None,
     deployed_at: float | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Wait for the requester's task to be done, then check that its last block pays the clients
-    all of TrainPrice and that every miner has it on its main chain. With ``deployed_at`` (epoch
+    all of TrainPrice and that every miner (``miners``: base URLs, by default the 4 of the compose
+    file on 127.0.0.1) has it on its main chain. With ``deployed_at`` (epoch
     seconds, from :func:`swarm_up`), the answer has the seconds from the deploy to that block."""
     t0 = time.monotonic()
     with RequesterClient("http://127.0.0.1:8000", timeout=10) as req:
@@ -220,25 +222,25 @@ def swarm_check(
     if rewards != task.server.prices["train"] // task.server.rounds or rewards <= 0:
         raise InvalidInput(f"the block pays the clients {rewards}, not the round's TrainPrice")
     heads = {}
-    for i in range(1, 5):
+    for url in miners or [f"http://127.0.0.1:{8100 + i}" for i in range(1, 5)]:
         deadline = time.monotonic() + 60
-        with MinerClient(f"http://127.0.0.1:{8100 + i}", timeout=5) as m:
+        with MinerClient(url, timeout=5) as m:
             while True:
                 try:
                     block = m.block(res.block_height)
                     if block.hash == res.block_hash:
-                        heads[f"miner{i}"] = m.head().hash
+                        heads[url] = m.head().hash
                         break
                 except FedcoinError:
                     pass
                 if time.monotonic() > deadline:
-                    raise InvalidInput(f"miner{i} does not hold block {res.block_height} {res.block_hash[:16]}")
+                    raise InvalidInput(f"{url} does not hold block {res.block_height} {res.block_hash[:16]}")
                 time.sleep(1)
     since = None if deployed_at is None else block.header.timestamp / 1000 - deployed_at
     say(
         f"swarm: task {task_id} paid in block {res.block_height}"
         + ("" if since is None else f", {since:.1f} s after the deploy")
-        + "; all 4 miners hold it"
+        + f"; all {len(heads)} miners hold it"
     )
     return {
         "waited_s": t_paid,

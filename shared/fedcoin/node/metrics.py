@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -140,17 +139,3 @@ class ClientMetrics(NodeMetrics):
             "fedcoin_client_train_seconds", "a client's local training for one order", buckets=SECONDS, registry=r
         )
         self.trainings = Counter("fedcoin_client_trainings", "train orders, by outcome", ["outcome"], registry=r)
-
-
-def metrics_for(role: str) -> NodeMetrics:
-    classes: dict[str, Callable[[], NodeMetrics]] = {
-        "miner": MinerMetrics,
-        "server": ServerMetrics,
-        "client": ClientMetrics,
-    }
-    return classes.get(role, lambda: NodeMetrics(role))()
-
-
-def levels_of(values: dict[str, tuple[str, Any]]) -> list[Metric]:
-    """Gauges from ``{name: (help, value)}``; a value of None is left out."""
-    return [gauge(name, doc, float(v)) for name, (doc, v) in values.items() if v is not None]
