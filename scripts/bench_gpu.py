@@ -48,7 +48,7 @@ import torch
 from bench_shapley import setup  # the paper round, shared with bench_shapley.py and bench_engine.py
 
 from fedcoin.chain.genesis import ChainParams
-from fedcoin.chain.work import MAX_WORK_BYTES
+from fedcoin.chain.work import max_iterations as work_capacity
 from fedcoin.consensus.posap import PoSapMiner, derive_permutation
 from fedcoin.devnet.simulation import demo_setup, race
 from fedcoin.errors import InvalidInput
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     res["max_abs_marginal_diff_naive_cpu_vs_gpu"] = nd
     print(f"naive (CPU) vs GPU engine over {args.naive_perms} permutation(s): max |diff| {nd:.2e}")
     res["races"] = []
-    cap = MAX_WORK_BYTES // (8 * K)  # leaves a block's work log can carry
+    cap = work_capacity(K)  # leaves a block's decoded work log can carry (the deflated size may bind first)
     limit = args.race_max_iterations or cap - args.gossip_every
     res["work_log_cap_iterations"] = cap
     for d in args.race_d:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import math
@@ -16,7 +17,7 @@ from fedcoin.chain.encoding import tagged
 from fedcoin.chain.genesis import ChainParams
 from fedcoin.chain.reports import make_report
 from fedcoin.chain.transactions import make_transaction
-from fedcoin.chain.work import MAX_WORK_BYTES, WorkLog
+from fedcoin.chain.work import MAX_WORK_VALUES, WorkLog
 from fedcoin.chain.work import max_iterations as work_capacity
 from fedcoin.consensus.mining import build_block
 from fedcoin.consensus.payments import reward_allocation
@@ -544,19 +545,37 @@ def test_miner_stops_where_a_blocks_work_log_is_full():
     assert m.iterations == 10 and m.full and m.leaves().shape == (10, 4)
     assert m.step(6).iterations == 10
     default = miner(game.marginals, n=4)
-    assert default.max_iterations == work_capacity(4) == MAX_WORK_BYTES // 32
+    assert default.max_iterations == work_capacity(4) == MAX_WORK_VALUES // 4
     for bad in (0, work_capacity(4) + 1, 2.5, True):
         with pytest.raises(InvalidInput):
             miner(game.marginals, n=4, max_iterations=bad)
 
 
 def test_a_work_log_past_its_capacity_is_a_clear_error():
-    n = 4096  # the widest task: 512 leaves fit
+    n = 4096  # the widest task: 4,096 leaves fit decoded (128 MiB)
     cap = work_capacity(n)
-    assert cap == 512
+    assert cap == 4096
     WorkLog.from_leaves(np.zeros((cap, n)), n)
-    with pytest.raises(InvalidInput, match="at most 512 iterations"):
+    with pytest.raises(InvalidInput, match="at most 4,096 iterations"):
         WorkLog.from_leaves(np.zeros((cap + 1, n)), n)
+
+
+def test_a_miner_stops_where_its_deflated_log_would_not_fit_a_block():
+    """Incompressible leaves fill the encoded limit long before the decoded one: the miner stops on the
+    writer's bound, and the log it then has still fits (the bound is an upper bound)."""
+    rng = np.random.default_rng(3)
+
+    def noisy(perm):
+        return rng.standard_normal(len(perm))
+
+    m = miner(noisy, n=8, max_work_bytes=40_000)
+    for _ in range(200):
+        m.step(16)
+    assert m.full and m.iterations < m.max_iterations
+    log = m.work_log()
+    assert len(base64.b64decode(log.leaves_b64)) <= 40_000
+    assert log.leaves().shape == (m.iterations, 8) and log.mean() == m.exact_shapley()
+    assert 40_000 - len(base64.b64decode(log.leaves_b64)) < 8 * 8 * 16 + 2_000  # it stopped close to the limit
 
 
 def test_additive_game_exact():

@@ -93,11 +93,15 @@ def build_block(
     task: ShapleyTask,
     winner: Identity,
     leaves: np.ndarray,
+    work: WorkLog | None = None,
     reports: Sequence[ShapleyReport] = (),
     transactions: Sequence[Transaction] = (),
     timestamp: int | None = None,
 ) -> Block:
     """Create the block a PoSap winner broadcasts on ``chain``'s head, from its work log.
+
+    ``work`` is ``leaves`` already encoded (:meth:`fedcoin.consensus.posap.PoSapMiner.work_log`);
+    when None they are deflated here.
 
     ``leaves`` are the winner's per-iteration marginal vectors; S_winner is
     their exact mean and S̄ the iteration-weighted mean of S_winner and
@@ -123,7 +127,7 @@ def build_block(
         s_winner=s_winner,
         s_avg=s_avg,
         iterations=leaves.shape[0],
-        work=WorkLog.from_leaves(leaves, task.n_players),
+        work=WorkLog.from_leaves(leaves, task.n_players) if work is None else work,
         reports=reports,
         transactions=transactions,
         timestamp=timestamp,

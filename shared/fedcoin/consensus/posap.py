@@ -71,8 +71,8 @@ import numpy as np
 
 from fedcoin.chain.encoding import is_hex, tagged
 from fedcoin.chain.reports import ShapleyReport
+from fedcoin.chain.work import MAX_WORK_BYTES, WorkLog, WorkLogWriter, work_mean
 from fedcoin.chain.work import max_iterations as work_capacity
-from fedcoin.chain.work import work_mean
 from fedcoin.errors import InvalidInput
 from fedcoin.valuation.sampling import RunningMean
 
@@ -268,9 +268,11 @@ class PoSapMiner:
     permutations with it. It defaults to the default of
     :attr:`fedcoin.chain.genesis.ChainParams.sampler`, ``"paired"``, so a
     miner that names none mines work a chain with default parameters accepts.
-    ``max_iterations`` (default: what a block's work log holds,
+    ``max_iterations`` (default: what a block's decoded work log holds,
     :func:`fedcoin.chain.work.max_iterations`) stops :meth:`step` once the log is
-    that long (:attr:`full`).
+    that long, and so does a log whose deflated size could pass what a block
+    carries (:class:`~fedcoin.chain.work.WorkLogWriter`); either way the miner
+    is :attr:`full`. ``max_work_bytes`` lowers that encoded limit (for tests).
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class PoSapMiner:
         min_peers: int = 1,
         sampler: Sampler = DEFAULT_SAMPLER,
         max_iterations: int | None = None,
+        max_work_bytes: int | None = None,
     ) -> None:
         if not isinstance(n_players, int) or isinstance(n_players, bool) or n_players < 1:
             raise InvalidInput("n_players must be a positive integer")
@@ -315,6 +318,7 @@ class PoSapMiner:
         self._marginals = marginals
         self._running = RunningMean(n_players)
         self._leaves: list[np.ndarray] = []
+        self._writer = WorkLogWriter(n_players, max_bytes=MAX_WORK_BYTES if max_work_bytes is None else max_work_bytes)
         self._peers: dict[str, Report] = {}
         self._signed: dict[str, ShapleyReport] = {}
 
@@ -328,9 +332,10 @@ class PoSapMiner:
 
     @property
     def full(self) -> bool:
-        """The work log holds ``max_iterations`` leaves: more work could not go into a block, so
-        :meth:`step` runs no more; the miner can still win if S̄ comes within D of its S."""
-        return self.iterations >= self.max_iterations
+        """The work log holds ``max_iterations`` leaves, or one more could take its encoding past what
+        a block carries: more work could not go into a block, so :meth:`step` runs no more; the
+        miner can still win if S̄ comes within D of its S."""
+        return self.iterations >= self.max_iterations or not self._writer.fits(1)
 
     def report(self) -> Report:
         return Report(tuple(float(x) for x in self._running.mean), self.iterations)
@@ -344,6 +349,8 @@ class PoSapMiner:
         once :attr:`full`) when ``count`` would take the log past ``max_iterations``."""
         start, n = self.iterations, self.n_players
         count = max(0, min(count, self.max_iterations - start))
+        while count and not self._writer.fits(count):
+            count //= 2
         perms = [
             derive_permutation(self.prev_hash, self.task_id, self.miner, start + i, n, sampler=self.sampler)
             for i in range(count)
@@ -359,6 +366,8 @@ class PoSapMiner:
         for leaf in leaves:
             self._running.update(leaf)  # line 11; rejects a wrong length or non-finite values
             self._leaves.append(leaf)
+        if leaves:
+            self._writer.append(np.stack(leaves))
         return self.report()
 
     def leaves(self) -> np.ndarray:
@@ -366,6 +375,10 @@ class PoSapMiner:
         if not self._leaves:
             return np.zeros((0, self.n_players))
         return np.stack(self._leaves)
+
+    def work_log(self) -> WorkLog:
+        """The work log as a block carries it (deflated as the miner went)."""
+        return self._writer.log()
 
     def exact_shapley(self) -> list[float]:
         """S as a block states it: the exactly rounded mean of the work log."""

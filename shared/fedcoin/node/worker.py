@@ -77,7 +77,7 @@ class PoSapWorker:
         if block is not None:
             self._guarded(node.broadcast_block, block)
         elif w.posap.full:  # no more work fits a block: wait for S̄ to move, a block, or a new head
-            if before < w.posap.max_iterations:
+            if w.posap.iterations > before:  # it just filled up: say so once
                 log.warning(
                     "work log full on task %s at %d iterations (D=%g); waiting for the network",
                     w.task.task_id,
@@ -166,6 +166,7 @@ class PoSapWorker:
                     task=w.task,
                     winner=node.identity,
                     leaves=w.posap.leaves(),
+                    work=w.posap.work_log(),
                     reports=reports,
                     transactions=node.mempool.pending(),
                 )
