@@ -296,12 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             "all_iterations": sum(out.iterations),
             "seconds": time.perf_counter() - t0,
             "accepted_by_all": all(c.head == out.block.hash for c in chains),
+            "block_json_bytes": len(out.block.to_json()),
+            "work_log_decoded_bytes": int(out.block.body.work.leaves().nbytes) if out.block.body.work else 0,
         }
         res["races"].append(row)
         print(
             f"race at D={d:g}, {args.race_miners} miners on one GPU: block after {row['seconds']:.1f} s; winner "
             f"{row['winner_iterations']:,} iterations, all miners {row['all_iterations']:,}; "
-            f"accepted by every miner: {row['accepted_by_all']}"
+            f"accepted by every miner: {row['accepted_by_all']}; block {row['block_json_bytes'] / 2**20:.1f} MiB of JSON "
+            f"(work log {row['work_log_decoded_bytes'] / 2**20:.1f} MiB decoded)"
         )
     res["seconds"] = time.perf_counter() - t_start
     if args.json:

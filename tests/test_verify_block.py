@@ -9,6 +9,9 @@ by the defect and nothing else.
 
 from __future__ import annotations
 
+import base64
+import zlib
+
 import numpy as np
 import pytest
 
@@ -937,6 +940,30 @@ def test_bad_work_root_log_tampered(env):
         assert bad.hash == good.hash
         reject(net, chain, bad, "bad-work-root")
     reject(net, chain, net.reheader(good, net.winner_of(good), work_root="11" * 32), "bad-work-root")
+    accept(net, chain, good)
+
+
+def test_the_work_log_encoding_is_not_part_of_the_block(env):
+    """A node may re-encode a log (raw or deflated): same hash, same root, still valid."""
+    net, chain, good, _ = env
+    assert good.body.work.encoding == "deflate"
+    raw = WorkLog.from_leaves(good.body.work.leaves(), 3, encoding="raw")
+    copy = good.model_copy(update={"body": good.body.model_copy(update={"work": raw})})
+    assert copy.hash == good.hash and raw.root() == good.header.work_root
+    accept(net, chain, copy)
+
+
+def test_a_forged_header_is_refused_before_its_work_log_is_decoded(env):
+    """A deflate bomb (a few KiB that inflate to the 128 MiB limit) under a header the named winner did
+    not sign costs the node a signature check, not the decoding."""
+    net, chain, good, _ = env
+    deflater = zlib.compressobj(9)
+    data = b"".join(deflater.compress(bytes(1 << 20)) for _ in range(127)) + deflater.flush()
+    bomb = WorkLog(n_players=3, encoding="deflate", leaves_b64=base64.b64encode(data).decode())
+    forged = net.reheader(good, net.miners[3])  # signed by another admitted miner's key
+    forged = forged.model_copy(update={"body": forged.body.model_copy(update={"work": bomb})})
+    reject(net, chain, forged, "bad-signature")
+    assert forged.body.work._decoded is None  # never decoded
     accept(net, chain, good)
 
 

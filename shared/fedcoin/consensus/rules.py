@@ -8,8 +8,8 @@
 ``check_task``         ``missing-task``, ``task-mismatch``, ``bad-task-signature``,
                        ``bad-shapley-length``, ``bad-iterations``
 ``check_admission``    ``unknown-server`` (the task's), ``unknown-miner`` (the winner)
-``check_seal``         ``bad-merkle-root``, ``bad-work-root``, ``bad-signature`` (the
-                       winner's, on the header)
+``check_seal``         ``bad-merkle-root``, ``bad-signature`` (the winner's, on the
+                       header), ``bad-work-root``
 ``check_difficulty``   ``bad-difficulty``
 ``check_time``         ``time-before-task``, ``time-too-old``, ``time-too-new``
 ``check_work``         ``bad-work-root`` (leaf count), ``bad-work-mean``
@@ -138,10 +138,12 @@ def check_mutation(block: Block) -> None:
 
 
 def check_seal(block: Block) -> None:
-    """The header commits to the body (transactions, reports, work log) and is signed by its winner."""
+    """The header commits to the body (transactions, reports, work log) and is signed by its winner.
+    The signature is checked before the work log is decoded (up to 128 MiB from a few KiB of
+    deflate), so only an admitted miner's own block can cost a node that decoding."""
     _check_merkle_root(block)
-    _check_work_root(block)
     _check_winner_signature(block)
+    _check_work_root(block)
 
 
 def check_work(block: Block, task: ShapleyTask, params: ChainParams) -> np.ndarray | None:
