@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"race at D={d:g}, {args.race_miners} miners on one GPU: block after {row['seconds']:.1f} s; winner "
             f"{row['winner_iterations']:,} iterations, all miners {row['all_iterations']:,}; "
-            f"accepted by every miner: {row['accepted_by_all']}; block {row['block_json_bytes'] / 2**20:.1f} MiB of JSON "
+            f"accepted by every miner: {row['accepted_by_all']}; "
+            f"block {row['block_json_bytes'] / 2**20:.1f} MiB of JSON "
             f"(work log {row['work_log_decoded_bytes'] / 2**20:.1f} MiB decoded)"
         )
     res["seconds"] = time.perf_counter() - t_start
