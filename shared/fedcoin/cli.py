@@ -422,11 +422,14 @@ def testnet_init(
     directory: Path = typer.Argument(..., help="where to write genesis.json and the keys"),
     difficulty: float = typer.Option(DEFAULT_DIFFICULTY, help="initial difficulty D"),
     miners: int = typer.Option(DEFAULT_MINERS, min=1, max=1024, help="miner keys to create and admit"),
+    sampler: str | None = typer.Option(
+        None, help="permutations the miners use and verifiers re-derive: uniform | stratified | paired (default)"
+    ),
 ) -> None:
     """Create the requester's, server's and miners' keys and a genesis that funds the requester and
     admits the server and miners (idempotent)."""
     try:
-        out = init_testnet(directory, initial_difficulty=difficulty, miners=miners)
+        out = init_testnet(directory, initial_difficulty=difficulty, miners=miners, sampler=sampler)
     except FedcoinError as exc:
         _fail(exc)
     console.print_json(data=out)

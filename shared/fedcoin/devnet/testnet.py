@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from fedcoin.chain.genesis import ChainParams, GenesisConfig
 from fedcoin.chain.identity import Identity
 from fedcoin.errors import InvalidInput
@@ -36,8 +38,13 @@ def init_testnet(
     retarget_window: int = DEFAULT_RETARGET_WINDOW,
     miners: int = DEFAULT_MINERS,
     allocations: dict[str, int] | None = None,
+    sampler: str | None = None,
 ) -> dict[str, Any]:
     """Create (or reuse) the keys and ``genesis.json`` in ``directory``; idempotent.
+
+    ``sampler`` is the permutation sampler the chain's miners use and its verifiers re-derive
+    (``ChainParams.sampler``: uniform, stratified or paired; None: the default, paired). With an
+    existing genesis it is only checked to be that genesis's (InvalidInput otherwise).
 
     ``allocations`` (account -> base units) are funded in a new genesis, next to the
     requester's ``funds``; with an existing genesis they are not added, only checked to be
@@ -60,6 +67,8 @@ def init_testnet(
         admitted = set(genesis.params.miners)
         if server.account not in genesis.params.servers or any(m.account not in admitted for m in miner_ids):
             raise InvalidInput(f"{genesis_path} does not admit the server and miner keys in {d}")
+        if sampler is not None and sampler != genesis.params.sampler:
+            raise InvalidInput(f"{genesis_path} uses the {genesis.params.sampler} sampler, not {sampler}")
         unfunded = [a for a in extra if a not in genesis.allocations]
         if unfunded:
             raise InvalidInput(
@@ -68,15 +77,22 @@ def init_testnet(
     else:
         if requester.account in extra:
             raise InvalidInput("allocations name the requester's account; its funds are given by `funds`")
+        fields: dict[str, Any] = {
+            "chain_id": chain_id,
+            "initial_difficulty": initial_difficulty,
+            "target_block_ms": target_block_ms,
+            "retarget_window": retarget_window,
+            "servers": [server.account],
+            "miners": [m.account for m in miner_ids],
+        }
+        if sampler is not None:
+            fields["sampler"] = sampler
+        try:
+            params = ChainParams(**fields)
+        except ValidationError as exc:
+            raise InvalidInput(f"bad chain parameters: {exc}") from exc
         genesis = GenesisConfig(
-            params=ChainParams(
-                chain_id=chain_id,
-                initial_difficulty=initial_difficulty,
-                target_block_ms=target_block_ms,
-                retarget_window=retarget_window,
-                servers=[server.account],
-                miners=[m.account for m in miner_ids],
-            ),
+            params=params,
             allocations={requester.account: funds, **extra},
             timestamp=int(time.time() * 1000),
         )
