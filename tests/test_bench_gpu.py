@@ -41,6 +41,7 @@ def test_every_phase_runs_and_reports(tmp_path, capsys):
     assert res["max_abs_marginal_diff_naive_cpu_vs_gpu"] <= 1e-5
     (race,) = res["races"]
     assert race["accepted_by_all"] and race["winner_iterations"] > 0
+    assert race["block_json_bytes"] > 0 and race["work_log_decoded_bytes"] == race["winner_iterations"] * 100 * 8
     assert res["work_log_cap_iterations"] == 167_772  # decoded; the deflated size may bind first
     assert "race at D=0.1" in capsys.readouterr().out
 

@@ -207,6 +207,8 @@ def do_fig6(args, preset, out: Path, workdir: Path, started: float) -> dict:
             data_dir=args.data_dir,
             metric=metric,
         )
+        rec["command"] = common.command_line()  # a merged JSON keeps each record's own provenance
+        rec["run_started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         its = [r["iterations"] for r in rec["runs"] if not r["censored"]]
         log(f"  D = {D:g}: blocks at {its} iterations, {rec['censored']} censored; {rec['wall_seconds']:.0f} s")
         records.append(rec)
