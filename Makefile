@@ -131,7 +131,7 @@ PAPER_ARGS ?=
 
 .PHONY: paper paper-quick
 
-paper: $(BIN)/fedcoin ## the paper's Section 6 into docs/results (~2 h: Figure 6's D = 1e-3 block alone ~40 min); committed: PAPER_ARGS="--dataset mnist --data-dir ../shared/data/mnist"
+paper: $(BIN)/fedcoin ## the paper's Section 6 into docs/results (~75 min: Figure 6's D = 1e-3 block alone ~35 min); committed: PAPER_ARGS="--dataset mnist --data-dir ../shared/data/mnist"
 	$(BIN)/python scripts/paper/run.py $(PAPER_ARGS)
 
 paper-quick: $(BIN)/fedcoin ## the CI-sized reproduction (< 5 min) into build/paper-quick
