@@ -534,6 +534,22 @@ def test_miner_values_a_step_in_one_batch_when_the_function_offers_many():
     assert bad.iterations == 0
 
 
+def test_a_bad_vector_anywhere_in_a_batch_changes_nothing():
+    """The batch is checked whole before any leaf is folded in, so the running S and the work log
+    never disagree."""
+    calls = []
+
+    def flaky(perm):
+        calls.append(perm)
+        return np.full(len(perm), np.nan) if len(calls) == 4 else np.ones(len(perm)) / len(perm)
+
+    m = miner(flaky, n=4)
+    m.step(2)
+    with pytest.raises(InvalidInput, match="finite"):
+        m.step(3)
+    assert m.iterations == 2 and m.leaves().shape == (2, 4) and m.work_log().leaves().shape == (2, 4)
+
+
 def test_miner_stops_where_a_blocks_work_log_is_full():
     """Work past what a block can carry could never be proven: step runs up to ``max_iterations`` (by default
     the work log's capacity) and no further, and the miner can still report and win with what it has."""

@@ -92,18 +92,15 @@ def build_block(
     *,
     task: ShapleyTask,
     winner: Identity,
-    leaves: np.ndarray,
-    work: WorkLog | None = None,
+    leaves: np.ndarray | WorkLog,
     reports: Sequence[ShapleyReport] = (),
     transactions: Sequence[Transaction] = (),
     timestamp: int | None = None,
 ) -> Block:
     """Create the block a PoSap winner broadcasts on ``chain``'s head, from its work log.
 
-    ``work`` is ``leaves`` already encoded (:meth:`fedcoin.consensus.posap.PoSapMiner.work_log`);
-    when None they are deflated here.
-
-    ``leaves`` are the winner's per-iteration marginal vectors; S_winner is
+    ``leaves`` are the winner's per-iteration marginal vectors (deflated here), or its work log
+    already encoded (:meth:`fedcoin.consensus.posap.PoSapMiner.work_log`); S_winner is
     their exact mean and S̄ the iteration-weighted mean of S_winner and
     ``reports`` (the other miners' latest signed reports on this task and
     head), which the body carries. The body holds those of ``transactions``
@@ -115,7 +112,11 @@ def build_block(
     :class:`~fedcoin.errors.InvalidBlock` (``bad-transaction``) when the task
     cannot be settled on the head (the server cannot pay, say).
     """
-    leaves = np.asarray(leaves, dtype=np.float64)
+    if isinstance(leaves, WorkLog):
+        work, leaves = leaves, leaves.leaves()
+    else:
+        leaves = np.asarray(leaves, dtype=np.float64)
+        work = None
     if leaves.ndim != 2 or leaves.shape[0] < 1:
         raise InvalidInput("build_block needs a work log of at least one leaf")
     s_winner = work_mean(leaves)

@@ -317,7 +317,6 @@ class PoSapMiner:
         self.max_iterations = cap if max_iterations is None else max_iterations
         self._marginals = marginals
         self._running = RunningMean(n_players)
-        self._leaves: list[np.ndarray] = []
         self._writer = WorkLogWriter(n_players, max_bytes=MAX_WORK_BYTES if max_work_bytes is None else max_work_bytes)
         self._peers: dict[str, Report] = {}
         self._signed: dict[str, ShapleyReport] = {}
@@ -363,18 +362,21 @@ class PoSapMiner:
             leaves = list(rows)
         else:
             leaves = [np.array(self._marginals(perm), dtype=np.float64) for perm in perms]
+        if not leaves:
+            return self.report()
+        if any(leaf.shape != (n,) for leaf in leaves) or not all(np.isfinite(leaf).all() for leaf in leaves):
+            raise InvalidInput(f"marginals must be {n} finite values per permutation")  # nothing folded in
         for leaf in leaves:
-            self._running.update(leaf)  # line 11; rejects a wrong length or non-finite values
-            self._leaves.append(leaf)
-        if leaves:
-            self._writer.append(np.stack(leaves))
+            self._running.update(leaf)  # line 11
+        self._writer.append(np.stack(leaves))  # the work log keeps them, deflated
         return self.report()
 
     def leaves(self) -> np.ndarray:
-        """The work log: one marginal vector per iteration, in iteration order."""
-        if not self._leaves:
+        """The work log: one marginal vector per iteration, in iteration order (read-only; decoded
+        from the deflated log, which is the one copy the miner keeps)."""
+        if not self.iterations:
             return np.zeros((0, self.n_players))
-        return np.stack(self._leaves)
+        return self.work_log().leaves()
 
     def work_log(self) -> WorkLog:
         """The work log as a block carries it (deflated as the miner went)."""

@@ -100,7 +100,7 @@ def race(
                     chains[i],
                     task=task,
                     winner=miners[i],
-                    leaves=s.leaves(),
+                    leaves=s.work_log(),
                     reports=s.signed_reports(),
                     transactions=transactions,
                     timestamp=ts,

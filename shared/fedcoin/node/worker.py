@@ -165,8 +165,7 @@ class PoSapWorker:
                     node.chain,
                     task=w.task,
                     winner=node.identity,
-                    leaves=w.posap.leaves(),
-                    work=w.posap.work_log(),
+                    leaves=w.posap.work_log(),
                     reports=reports,
                     transactions=node.mempool.pending(),
                 )
